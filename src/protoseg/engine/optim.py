@@ -1,0 +1,48 @@
+"""Optimiser and poly learning-rate schedule with linear warm-up."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    backbone_lr_mult: float = 1.0,
+) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; the backbone's lr is ``lr * backbone_lr_mult``.
+
+    Only ``nn.Parameter`` objects are optimised: prototypes and memories are buffers and never
+    reach the optimiser (nor its weight decay).
+    """
+    backbone = getattr(model, "backbone", None)
+    backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    backbone_params = [p for p in model.parameters() if p.requires_grad and id(p) in backbone_ids]
+    other_params = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+    groups = [{"params": other_params, "lr": lr, "initial_lr": lr}]
+    if backbone_params:
+        groups.append({"params": backbone_params, "lr": lr * backbone_lr_mult, "initial_lr": lr * backbone_lr_mult})
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}' (valid: sgd, adamw)")
+
+
+def poly_lr_factor(iteration: int, total: int, power: float = 0.9, warmup_iters: int = 0) -> float:
+    """lr multiplier: linear warm-up from 0.1 to 1 over ``warmup_iters``, then ``(1 - t/T)^power``."""
+    if warmup_iters > 0 and iteration < warmup_iters:
+        return 0.1 + 0.9 * iteration / warmup_iters
+    return max(0.0, 1.0 - iteration / max(1, total)) ** power
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, power: float = 0.9, warmup_iters: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda iteration: poly_lr_factor(iteration, total, power, warmup_iters)
+    )

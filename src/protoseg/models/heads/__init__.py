@@ -1,0 +1,2 @@
+"""protoseg.models.heads."""
+from .protoseg import ProtoSegHead

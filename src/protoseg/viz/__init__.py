@@ -1,0 +1,1 @@
+"""protoseg.viz."""
