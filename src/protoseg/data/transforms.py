@@ -1,0 +1,219 @@
+"""Paired image / mask transforms with explicit randomness.
+
+Every transform is called as ``transform(image, mask, generator) -> (image, mask)``: ``image`` a
+PIL image, a uint8 array (H, W, 3) or a float tensor (3, H, W) in [0, 1] (normalised after
+``Normalize``); ``mask`` a PIL image, array or int64 tensor (H, W), or ``None`` (images only).
+Random draws come from ``generator`` (a ``torch.Generator``; ``None`` uses the global torch RNG),
+so a sample's augmentation is a function of its seed alone. Images are resampled bilinearly,
+masks with exact nearest neighbour so both stay on the same pixel grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .base import IGNORE_INDEX
+
+Tensor = torch.Tensor
+
+
+def to_image_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
+    """A float32 tensor (3, H, W): PIL / uint8 inputs scaled to [0, 1], float tensors kept."""
+    if isinstance(image, Tensor):
+        if image.dtype == torch.uint8:
+            return image.float().div_(255.0)
+        return image.float()
+    if isinstance(image, Image.Image):
+        image = np.array(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3), got shape {array.shape}")
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = array.copy()
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    return tensor.float().div_(255.0) if array.dtype == np.uint8 else tensor.float()
+
+
+def to_mask_tensor(mask: Image.Image | np.ndarray | Tensor | None) -> Tensor | None:
+    """An int64 tensor (H, W) of class indices, or ``None``."""
+    if mask is None:
+        return None
+    if isinstance(mask, Tensor):
+        return mask.long()
+    return torch.from_numpy(np.array(mask, dtype=np.int64))
+
+
+def _uniform(generator: torch.Generator | None, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+class Compose:
+    """Apply transforms in order after converting the inputs to tensors."""
+
+    def __init__(self, transforms: Sequence) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image, mask=None, generator: torch.Generator | None = None):
+        image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        for transform in self.transforms:
+            image, mask = transform(image, mask, generator)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
+
+
+class RandomScale:
+    """Resize by a factor drawn uniformly from ``scale_range`` (image bilinear, mask nearest)."""
+
+    def __init__(self, scale_range: Sequence[float] = (0.5, 2.0)) -> None:
+        low, high = float(scale_range[0]), float(scale_range[1])
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {tuple(scale_range)}")
+        self.scale_range = (low, high)
+
+    def __call__(self, image, mask=None, generator=None):
+        image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        scale = _uniform(generator, *self.scale_range)
+        height, width = image.shape[-2:]
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        if size == (height, width):
+            return image, mask
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if mask is not None:
+            # nearest-exact samples at pixel centres, the same grid as bilinear with align_corners=False
+            mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"RandomScale({self.scale_range})"
+
+
+class RandomHorizontalFlip:
+    """Mirror image and mask left-right with probability ``probability``."""
+
+    def __init__(self, probability: float = 0.5) -> None:
+        self.probability = probability
+
+    def __call__(self, image, mask=None, generator=None):
+        image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        if float(torch.rand((), generator=generator)) < self.probability:
+            image = image.flip(-1)
+            mask = mask.flip(-1) if mask is not None else None
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip({self.probability})"
+
+
+class ColorJitter:
+    """Random brightness, contrast and saturation, factors in ``[1 - strength, 1 + strength]``.
+
+    Acts on the image only, which must still be in [0, 1] (before ``Normalize``).
+    """
+
+    def __init__(self, strength: float) -> None:
+        if not 0 <= strength < 1:
+            raise ValueError(f"color_jitter strength must be in [0, 1), got {strength}")
+        self.strength = strength
+
+    def __call__(self, image, mask=None, generator=None):
+        image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        low, high = 1 - self.strength, 1 + self.strength
+        brightness, contrast, saturation = (_uniform(generator, low, high) for _ in range(3))
+        image = image * brightness
+        grey = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None]
+        image = (image - grey.mean()) * contrast + grey.mean()
+        grey = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2])[None]
+        image = (image - grey) * saturation + grey
+        return image.clamp_(0.0, 1.0), mask
+
+    def __repr__(self) -> str:
+        return f"ColorJitter({self.strength})"
+
+
+class Normalize:
+    """``(image - mean) / std`` per channel."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values, std > 0; got mean={mean}, std={std}")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, image, mask=None, generator=None):
+        image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        return (image - self.mean) / self.std, mask
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+
+class RandomCrop:
+    """Crop ``(height, width)`` at a random offset, padding bottom / right first if smaller.
+
+    The image is padded with ``image_fill`` (0: the mean colour when placed after ``Normalize``),
+    the mask with ``ignore_index``.
+    """
+
+    def __init__(
+        self, size: Sequence[int], image_fill: float = 0.0, ignore_index: int = IGNORE_INDEX
+    ) -> None:
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"crop size must be (height, width) >= 1, got {size}")
+        self.size = (int(size[0]), int(size[1]))
+        self.image_fill = image_fill
+        self.ignore_index = ignore_index
+
+    def __call__(self, image, mask=None, generator=None):
+        image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        crop_height, crop_width = self.size
+        height, width = image.shape[-2:]
+        pad_bottom, pad_right = max(0, crop_height - height), max(0, crop_width - width)
+        if pad_bottom or pad_right:
+            image = F.pad(image, (0, pad_right, 0, pad_bottom), value=self.image_fill)
+            if mask is not None:
+                mask = F.pad(mask, (0, pad_right, 0, pad_bottom), value=self.ignore_index)
+            height, width = image.shape[-2:]
+        top = int(torch.randint(height - crop_height + 1, (), generator=generator))
+        left = int(torch.randint(width - crop_width + 1, (), generator=generator))
+        image = image[:, top : top + crop_height, left : left + crop_width]
+        if mask is not None:
+            mask = mask[top : top + crop_height, left : left + crop_width]
+        return image.contiguous(), mask.contiguous() if mask is not None else None
+
+    def __repr__(self) -> str:
+        return f"RandomCrop({self.size})"
+
+
+def build_transforms(
+    train: bool,
+    crop_size: Sequence[int] | None = None,
+    scale_range: Sequence[float] | None = (0.5, 2.0),
+    flip: bool = True,
+    color_jitter: float = 0.0,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+) -> Compose:
+    """Training: [ColorJitter] -> RandomScale -> [flip] -> Normalize -> [RandomCrop with padding].
+
+    Evaluation (``train=False``): Normalize only, at the image's own size.
+    """
+    if not train:
+        return Compose([Normalize(mean, std)])
+    steps: list = []
+    if color_jitter > 0:
+        steps.append(ColorJitter(color_jitter))
+    if scale_range is not None and tuple(scale_range) != (1.0, 1.0):
+        steps.append(RandomScale(scale_range))
+    if flip:
+        steps.append(RandomHorizontalFlip())
+    steps.append(Normalize(mean, std))
+    if crop_size is not None:
+        steps.append(RandomCrop(crop_size))
+    return Compose(steps)
