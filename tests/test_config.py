@@ -6,7 +6,9 @@ from protoseg.config import ConfigError, load_config, parse_override
 def test_defaults_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  head: protoseg\n  protoseg:\n    num_prototypes: 5\ntrain:\n  lr: 1\n")
-    cfg = load_config(path, ["train.iterations=7", "data.crop_size=[64, 32]", "model.backbone.pretrained=/x.pt"])
+    cfg = load_config(
+        path, ["train.iterations=7", "data.crop_size=[64, 32]", "model.backbone.pretrained=/x.pt"]
+    )
     assert cfg.model.head == "protoseg"
     assert cfg.model.protoseg.num_prototypes == 5
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)

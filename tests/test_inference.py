@@ -48,7 +48,11 @@ def test_multiscale_flip_reference():
     out = predict_probabilities(model, images, 2, scales=(0.5, 1.0), flip=True)
     reference = torch.zeros(1, 2, 20, 24)
     for scale in (0.5, 1.0):
-        scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False) if scale != 1 else images
+        scaled = (
+            F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+            if scale != 1
+            else images
+        )
         for flipped in (False, True):
             view = scaled.flip(-1) if flipped else scaled
             logits = model(view)

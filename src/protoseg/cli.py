@@ -37,7 +37,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
-    trainer = Trainer(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    trainer = Trainer(
+        cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
     try:
         metrics = trainer.train()
         if trainer.context.is_main:
@@ -76,14 +78,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, cfg, _ = load_trained_model(checkpoint, device, cfg)
     d = cfg.data
     dataset = build_dataset(
-        d.name, d.root, args.split, transforms=build_transforms(False, None, mean=tuple(d.mean), std=tuple(d.std)),
+        d.name,
+        d.root,
+        args.split,
+        transforms=build_transforms(False, None, mean=tuple(d.mean), std=tuple(d.std)),
         num_classes=d.num_classes,
     )
     if cfg.model.wsss:
         metrics = evaluate_cam_seeds(model, dataset, device, cfg.eval.cam_threshold, progress=not args.json)
     else:
-        metrics = evaluate_segmentation(model, dataset, device, cfg.eval, progress=not args.json,
-                                        window=d.crop_size)
+        metrics = evaluate_segmentation(
+            model, dataset, device, cfg.eval, progress=not args.json, window=d.crop_size
+        )
     metrics = {**metrics, "checkpoint": str(checkpoint), "split": args.split}
     if args.json:
         print(json.dumps(metrics, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
@@ -117,9 +123,12 @@ def _wsss_dataset(cfg, split: str, root: str | None = None):
 
     d = cfg.data
     return build_dataset(
-        d.name, root or d.root, split,
+        d.name,
+        root or d.root,
+        split,
         transforms=build_transforms(False, None, mean=tuple(d.mean), std=tuple(d.std)),
-        use_aug=d.use_aug and split == d.train_split, num_classes=d.num_classes,
+        use_aug=d.use_aug and split == d.train_split,
+        num_classes=d.num_classes,
     )
 
 
@@ -135,7 +144,12 @@ def cmd_cam(args: argparse.Namespace) -> int:
         raise SystemExit(f"protoseg cam: {checkpoint} is not a CAM network (model.wsss is unset)")
     dataset = _wsss_dataset(cfg, args.split)
     summary = run_cam_inference(
-        method.cams, dataset, args.out, scales=args.scales, flip=not args.no_flip, device=device,
+        method.cams,
+        dataset,
+        args.out,
+        scales=args.scales,
+        flip=not args.no_flip,
+        device=device,
         progress=not args.no_progress,
     )
     print(json.dumps(summary, default=str))
@@ -143,7 +157,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
 
 
 def _mask_loader(dataset):
-    index_by_name = {dataset.sample_name(i): i for i in range(len(dataset))}
+    index_by_name = {dataset.names[i]: i for i in range(len(dataset))}
 
     def load(name: str):
         if name not in index_by_name:
@@ -163,13 +177,19 @@ def cmd_seeds_eval(args: argparse.Namespace) -> int:
     if not names:
         raise SystemExit(f"protoseg seeds-eval: no CAM files (*.npz) in {args.cam_dir}")
     result = evaluate_seeds(
-        args.cam_dir, _mask_loader(dataset), names, dataset.num_classes, parse_thresholds(args.thresholds),
+        args.cam_dir,
+        _mask_loader(dataset),
+        names,
+        dataset.num_classes,
+        parse_thresholds(args.thresholds),
         class_names=list(dataset.class_names),
     )
     plot_path = Path(args.plot or Path(args.cam_dir) / "seed_curve.png")
     plot_seed_curve(result, plot_path)
     if args.json:
-        print(json.dumps(result, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+        print(
+            json.dumps(result, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+        )
     else:
         print(format_seed_table(result))
         print(f"curve: {plot_path}")
@@ -187,7 +207,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
         dataset = _wsss_dataset(cfg, args.split)
         palette = dataset.palette
         if args.crf:
-            index_by_name = {dataset.sample_name(i): i for i in range(len(dataset))}
+            index_by_name = {dataset.names[i]: i for i in range(len(dataset))}
 
             def image_loader(name: str):
                 import numpy as np
@@ -200,9 +220,14 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
         palette = voc_palette()
     ignore_band = None if args.no_ignore else (tuple(args.ignore_band) if args.ignore_band else "default")
     summary = write_pseudo_labels(
-        args.cam_dir, args.out, args.threshold, palette,
+        args.cam_dir,
+        args.out,
+        args.threshold,
+        palette,
         **({} if ignore_band == "default" else {"ignore_band": ignore_band}),
-        crf=args.crf, image_loader=image_loader, progress=not args.no_progress,
+        crf=args.crf,
+        image_loader=image_loader,
+        progress=not args.no_progress,
     )
     print(json.dumps(summary, default=str))
     return 0
@@ -227,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--run-dir", help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoints/last.pt")
-    p.add_argument("--overwrite", action="store_true", help="start again in a run folder that has checkpoints")
+    p.add_argument(
+        "--overwrite", action="store_true", help="start again in a run folder that has checkpoints"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -279,8 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset root (palette; images for --crf)")
     p.add_argument("--config", help="a config whose data section to use")
     p.add_argument("--split", default="train")
-    p.add_argument("--ignore-band", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                   help="foreground scores in [LOW, HIGH) become ignore (255)")
+    p.add_argument(
+        "--ignore-band",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="foreground scores in [LOW, HIGH) become ignore (255)",
+    )
     p.add_argument("--no-ignore", action="store_true", help="no ignore band")
     p.add_argument("--crf", action="store_true", help="dense-CRF refinement (needs a dense-CRF package)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -96,12 +96,16 @@ def evaluate_cam_seeds(
     num_classes = dataset.num_classes
     confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
     for sample in tqdm(
-        _shard_loader(dataset, context, num_workers), desc="seeds", disable=not (progress and context.is_main),
+        _shard_loader(dataset, context, num_workers),
+        desc="seeds",
+        disable=not (progress and context.is_main),
         leave=False,
     ):
         images = sample["image"].to(device)
         target = sample["mask"].to(device)
-        seeds = cam_seed_prediction(method.cams(images), sample["tags"].to(device), target.shape[-2:], bg_threshold)
+        seeds = cam_seed_prediction(
+            method.cams(images), sample["tags"].to(device), target.shape[-2:], bg_threshold
+        )
         confusion += confusion_matrix(seeds, target, num_classes)
     all_reduce_sum(confusion, context)
     method.train(was_training)

@@ -69,8 +69,10 @@ def predict_probabilities(
     total = images.new_zeros((images.shape[0], num_classes, height, width))
     for scale in scales:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = images if size == (height, width) else F.interpolate(
-            images, size=size, mode="bilinear", align_corners=False
+        scaled = (
+            images
+            if size == (height, width)
+            else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         )
         views = [scaled, scaled.flip(-1)] if flip else [scaled]
         for index, view in enumerate(views):

@@ -25,7 +25,9 @@ def build_optimizer(
     other_params = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
     groups = [{"params": other_params, "lr": lr, "initial_lr": lr}]
     if backbone_params:
-        groups.append({"params": backbone_params, "lr": lr * backbone_lr_mult, "initial_lr": lr * backbone_lr_mult})
+        groups.append(
+            {"params": backbone_params, "lr": lr * backbone_lr_mult, "initial_lr": lr * backbone_lr_mult}
+        )
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":

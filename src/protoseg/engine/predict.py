@@ -51,7 +51,9 @@ def overlay(image: Image.Image, labels: np.ndarray, palette: Sequence[Sequence[i
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
 
 
-def load_image_tensor(path: Path, mean: Sequence[float], std: Sequence[float]) -> tuple[Image.Image, torch.Tensor]:
+def load_image_tensor(
+    path: Path, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Image.Image, torch.Tensor]:
     try:
         image = Image.open(path)
         image.load()

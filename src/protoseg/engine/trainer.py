@@ -170,7 +170,9 @@ class Trainer:
         # heads whose auxiliary branches are skipped in some steps (contrast warm-up, RCA schedule)
         unused = self.cfg.model.head in ("contrast", "protoseg_contrast") or self.cfg.model.wsss == "rca"
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=unused
+        )
 
     def _tensorboard(self):
         try:
@@ -245,7 +247,9 @@ class Trainer:
         images = batch["image"].to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
             if self.is_wsss:
-                terms = self.ddp_model(images, batch["tags"].to(self.device, non_blocking=True), self.iteration)
+                terms = self.ddp_model(
+                    images, batch["tags"].to(self.device, non_blocking=True), self.iteration
+                )
             else:
                 target = batch["mask"].to(self.device, non_blocking=True)
                 terms = self.criterion(self.ddp_model(images, target), target, self.iteration)
@@ -262,20 +266,38 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         if self.is_wsss:
             return evaluate_cam_seeds(
-                self.model, self.val_set, self.device, self.cfg.eval.cam_threshold, self.context,
-                self.cfg.data.num_workers, progress=self.progress,
+                self.model,
+                self.val_set,
+                self.device,
+                self.cfg.eval.cam_threshold,
+                self.context,
+                self.cfg.data.num_workers,
+                progress=self.progress,
             )
         return evaluate_segmentation(
-            self.model, self.val_set, self.device, self.cfg.eval, self.context, self.cfg.data.num_workers,
-            progress=self.progress, window=self.cfg.data.crop_size,
+            self.model,
+            self.val_set,
+            self.device,
+            self.cfg.eval,
+            self.context,
+            self.cfg.data.num_workers,
+            progress=self.progress,
+            window=self.cfg.data.crop_size,
         )
 
     def _validate_and_checkpoint(self, validate: bool) -> dict[str, Any] | None:
         metrics = None
         if validate:
             metrics = self.validate()
-            self._log({"split": "val", "iteration": self.iteration, "mIoU": metrics["mIoU"],
-                       "aAcc": metrics["aAcc"], "mAcc": metrics["mAcc"]})
+            self._log(
+                {
+                    "split": "val",
+                    "iteration": self.iteration,
+                    "mIoU": metrics["mIoU"],
+                    "aAcc": metrics["aAcc"],
+                    "mAcc": metrics["mAcc"],
+                }
+            )
             if self.progress:
                 tqdm.write(f"[{self.iteration}] val mIoU {metrics['mIoU']:.2f}  aAcc {metrics['aAcc']:.2f}")
             if metrics["mIoU"] > self.best_score:
@@ -291,17 +313,25 @@ class Trainer:
         per_epoch = max(1, len(self.train_set) // (self.cfg.train.batch_size * self.context.world_size))
         return interval or per_epoch
 
-    def train(self) -> dict[str, Any] | None:
+    def train(self, until: int | None = None) -> dict[str, Any] | None:
+        """Run the schedule to ``train.iterations`` (or stop after iteration ``until``, keeping the
+        schedule: an interruption that ``--resume`` continues). Returns the last val metrics."""
         cfg = self.cfg.train
+        stop = cfg.iterations if until is None else min(until, cfg.iterations)
         self.model.train()
         loader_iter = iter(self._train_loader())
         refresh_interval = self._refresh_interval()
         running: dict[str, torch.Tensor] = {}
         last_metrics = None
         timer, timed_iters = time.perf_counter(), 0
-        bar = tqdm(total=cfg.iterations, initial=self.iteration, disable=not self.progress, desc="train",
-                   dynamic_ncols=True)
-        while self.iteration < cfg.iterations:
+        bar = tqdm(
+            total=cfg.iterations,
+            initial=self.iteration,
+            disable=not self.progress,
+            desc="train",
+            dynamic_ncols=True,
+        )
+        while self.iteration < stop:
             terms = self._step(next(loader_iter))
             self.iteration += 1
             timed_iters += 1
@@ -315,19 +345,29 @@ class Trainer:
                 # the only host sync of the loop, once per log interval
                 averages = {key: float(value) / timed_iters for key, value in running.items()}
                 seconds = time.perf_counter() - timer
-                record = {"split": "train", "iteration": self.iteration,
-                          "lr": self.optimizer.param_groups[0]["lr"],
-                          "seconds_per_iter": seconds / timed_iters, **averages}
+                record = {
+                    "split": "train",
+                    "iteration": self.iteration,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "seconds_per_iter": seconds / timed_iters,
+                    **averages,
+                }
                 self._log(record)
                 bar.set_postfix(loss=f"{averages['loss']:.3f}", it_s=f"{timed_iters / seconds:.2f}")
                 running, timer, timed_iters = {}, time.perf_counter(), 0
                 if not math.isfinite(averages["loss"]):
                     raise FloatingPointError(
-                        f"loss is {averages['loss']} at iteration {self.iteration}; last checkpoint kept intact"
+                        f"loss is {averages['loss']} at iteration {self.iteration}; "
+                        "the last checkpoint is kept intact"
                     )
             finished = self.iteration == cfg.iterations
             validate = (cfg.val_interval > 0 and self.iteration % cfg.val_interval == 0) or finished
-            if validate or (cfg.checkpoint_interval > 0 and self.iteration % cfg.checkpoint_interval == 0):
+            interrupted = self.iteration == stop and not finished
+            if (
+                validate
+                or interrupted
+                or (cfg.checkpoint_interval > 0 and self.iteration % cfg.checkpoint_interval == 0)
+            ):
                 last_metrics = self._validate_and_checkpoint(validate) or last_metrics
         bar.close()
         if self.writer is not None:

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def upsampled_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def upsampled_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
+) -> torch.Tensor:
     """CE between ``logits`` (B, C, h, w), bilinearly upsampled, and ``target`` (B, H, W).
 
     Returns 0 (with a gradient path) when every pixel is ignored, instead of NaN.

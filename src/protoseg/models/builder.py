@@ -88,7 +88,9 @@ def build_segmentor(cfg: Config, num_classes: int) -> Segmentor:
     """Backbone + concat-fusion decoder + the head named by ``model.head``."""
     _choice("model.head", cfg.model.head, HEADS)
     backbone = build_backbone_from_config(cfg)
-    decoder = ConcatFusionDecoder(backbone.out_channels, cfg.model.decoder.channels, cfg.model.decoder.dropout)
+    decoder = ConcatFusionDecoder(
+        backbone.out_channels, cfg.model.decoder.channels, cfg.model.decoder.dropout
+    )
     head = HEADS[cfg.model.head](cfg, decoder.out_channels, num_classes)
     return Segmentor(backbone, decoder, head, num_classes)
 
@@ -143,7 +145,9 @@ def build_wsss_method(cfg: Config, num_classes: int) -> nn.Module:
         from ..wsss.rca import RCAMethod, RCANetwork
 
         r = cfg.model.rca
-        network = RCANetwork(backbone, num_classes, num_prototypes=r.num_prototypes, aggregation=r.aggregation)
+        network = RCANetwork(
+            backbone, num_classes, num_prototypes=r.num_prototypes, aggregation=r.aggregation
+        )
         return RCAMethod(
             network,
             memory_size=r.memory_size,

@@ -1,2 +1,5 @@
 """Prototype banks and memories (torch only): PrototypeBank, PixelQueue, RegionMemory."""
+
 from .bank import PrototypeAssignment, PrototypeBank
+from .pixel_queue import PixelQueue
+from .region_memory import RegionMemory

@@ -1,2 +1,4 @@
 """protoseg.models.heads."""
+
 from .protoseg import ProtoSegHead
+from .contrast import ContrastHead, ProjectionHead

@@ -1,0 +1,189 @@
+"""End-to-end: generate the benchmark, train, resume, evaluate, predict, DDP with 2 gloo processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from protoseg.cli import main
+from protoseg.config import load_config
+from protoseg.data.shapes import generate_shapes
+from protoseg.engine.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, size=64, num_train=16, num_val=6, seed=3)
+    return root
+
+
+def tiny_overrides(root, **extra):
+    values = {
+        "data.root": str(root),
+        "data.crop_size": "[48, 48]",
+        "data.num_workers": 0,
+        "data.mean": "[0.5, 0.5, 0.5]",
+        "data.std": "[0.5, 0.5, 0.5]",
+        "model.backbone.name": "tiny",
+        "model.backbone.pretrained": "false",
+        "model.decoder.channels": 16,
+        "train.iterations": 6,
+        "train.batch_size": 4,
+        "train.lr": 0.05,
+        "train.log_interval": 2,
+        "train.val_interval": 3,
+        "train.checkpoint_interval": 3,
+        "train.device": "cpu",
+    }
+    values.update(extra)
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def test_train_eval_predict_cli(shapes_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                str(ROOT / "configs/shapes/linear.yaml"),
+                "--run-dir",
+                str(run_dir),
+                "--no-progress",
+                *sum([["--set", item] for item in tiny_overrides(shapes_root)], []),
+            ]
+        )
+        == 0
+    )
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["split"] == "val"] == [3, 6]
+    assert all(np.isfinite(r["loss"]) for r in records if r["split"] == "train")
+    capsys.readouterr()
+
+    # the same run folder again without --resume/--overwrite is refused, naming the folder
+    assert (
+        main(
+            [
+                "train",
+                str(ROOT / "configs/shapes/linear.yaml"),
+                "--run-dir",
+                str(run_dir),
+                *sum([["--set", item] for item in tiny_overrides(shapes_root)], []),
+            ]
+        )
+        == 2
+    )
+    assert str(run_dir) in capsys.readouterr().err
+
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"mIoU", "aAcc", "mAcc", "per_class"} <= set(metrics)
+    assert len(metrics["per_class"]) == 11
+
+    names = (shapes_root / "ImageSets/Segmentation/val.txt").read_text().split()[:2]
+    images = [str(shapes_root / "JPEGImages" / f"{name}.jpg") for name in names]
+    out = tmp_path / "pred"
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run_dir / "checkpoints/last.pt"),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                *images,
+            ]
+        )
+        == 0
+    )
+    for name in names:
+        mask = Image.open(out / f"{name}.png")
+        assert mask.mode == "P" and mask.size == (64, 64)
+        assert np.asarray(mask).max() < 11
+        assert (out / f"{name}_overlay.jpg").is_file()
+
+
+def test_resume_gives_the_same_weights(shapes_root, tmp_path):
+    cfg = load_config(
+        ROOT / "configs/shapes/linear.yaml", tiny_overrides(shapes_root, **{"data.flip": "true"})
+    )
+    straight = Trainer(cfg, tmp_path / "straight", progress=False)
+    straight.train()
+    interrupted = Trainer(cfg, tmp_path / "resumed", progress=False)
+    interrupted.train(until=4)
+    resumed = Trainer(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert resumed.iteration == 4
+    resumed.train()
+    expected, got = straight.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_protoseg_head_trains_and_keeps_prototypes_in_checkpoint(shapes_root, tmp_path):
+    cfg = load_config(
+        ROOT / "configs/shapes/linear.yaml",
+        tiny_overrides(shapes_root, **{"model.head": "protoseg", "model.protoseg.num_prototypes": 3}),
+    )
+    trainer = Trainer(cfg, tmp_path / "proto", progress=False)
+    before = trainer.model.head.bank.prototypes.clone()
+    trainer.train()
+    after = trainer.model.head.bank.prototypes
+    assert not torch.equal(before, after)
+    state = torch.load(tmp_path / "proto/checkpoints/last.pt", weights_only=True)
+    assert torch.equal(state["model"]["head.bank.prototypes"], after)
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert id(after) not in optimised
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(shapes_root, tmp_path):
+    run_dir = tmp_path / "ddp"
+    overrides = tiny_overrides(
+        shapes_root, **{"train.batch_size": 2, "model.head": "protoseg", "model.protoseg.num_prototypes": 2}
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "protoseg",
+        "train",
+        str(ROOT / "configs/shapes/linear.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
+    for item in overrides:
+        command += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert state["iteration"] == 6
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "val" for r in records)
