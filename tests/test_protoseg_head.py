@@ -1,0 +1,179 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from protoseg.losses import ProtoSegLoss
+from protoseg.models.heads import ProtoSegHead
+from protoseg.prototypes import PrototypeBank
+
+NUM_CLASSES, NUM_PROTOTYPES, IN_CHANNELS, DIM = 4, 3, 6, 5
+
+
+def make_head(**kwargs) -> ProtoSegHead:
+    torch.manual_seed(0)
+    return ProtoSegHead(IN_CHANNELS, NUM_CLASSES, num_prototypes=NUM_PROTOTYPES, proj_dim=DIM, **kwargs)
+
+
+def make_batch(seed: int, height: int = 5, width: int = 4, ignore_fraction: float = 0.2):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(2, IN_CHANNELS, height, width, generator=generator)
+    target = torch.randint(0, NUM_CLASSES, (2, height, width), generator=generator)
+    target[torch.rand(2, height, width, generator=generator) < ignore_fraction] = 255
+    return features, target
+
+
+def reference_embeddings(head: ProtoSegHead, features: torch.Tensor) -> torch.Tensor:
+    """Per-pixel loops, float64: proj, LayerNorm over D, L2 over channels; (B, h, w, D)."""
+    first, second = head.proj[0], head.proj[2]
+    batch, _, height, width = features.shape
+    out = torch.zeros(batch, height, width, DIM, dtype=torch.float64)
+    for b in range(batch):
+        for y in range(height):
+            for x in range(width):
+                pixel = features[b, :, y, x].double()
+                hidden = torch.relu(first.weight[:, :, 0, 0].double() @ pixel + first.bias.double())
+                projected = second.weight[:, :, 0, 0].double() @ hidden + second.bias.double()
+                centred = projected - projected.mean()
+                normed = centred / torch.sqrt(centred.pow(2).mean() + head.feat_norm.eps)
+                normed = normed * head.feat_norm.weight.double() + head.feat_norm.bias.double()
+                out[b, y, x] = normed / normed.norm()
+    return out
+
+
+def test_logits_match_per_pixel_reference_and_embeddings_are_unit_norm_over_channels():
+    head = make_head().eval()
+    with torch.no_grad():
+        head.feat_norm.weight.uniform_(0.5, 1.5)
+        head.mask_norm.weight.uniform_(0.5, 1.5)
+        head.mask_norm.bias.uniform_(-0.5, 0.5)
+    features, _ = make_batch(1)
+    logits = head(features)["logits"]
+    assert logits.shape == (2, NUM_CLASSES, 5, 4)
+    embeddings = reference_embeddings(head, features)
+    prototypes = head.bank.prototypes.double()
+    for b in range(2):
+        for y in range(5):
+            for x in range(4):
+                scores = torch.stack(
+                    [(prototypes[c] @ embeddings[b, y, x]).max() for c in range(NUM_CLASSES)]
+                )
+                expected = F.layer_norm(
+                    scores, (NUM_CLASSES,), head.mask_norm.weight.double(), head.mask_norm.bias.double()
+                )
+                torch.testing.assert_close(logits[b, :, y, x].double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(head.embed(features).double(), embeddings.reshape(-1, DIM), atol=1e-6, rtol=0)
+
+
+def test_no_update_in_eval_mode_or_without_target():
+    head = make_head()
+    features, target = make_batch(2)
+    before = head.bank.prototypes.clone()
+    outputs = head(features)  # training mode, no target
+    assert set(outputs) == {"logits"}
+    head.eval()
+    outputs = head(features, target)  # eval mode, with target
+    assert set(outputs) == {"logits"}
+    assert torch.equal(head.bank.prototypes, before)
+
+
+def test_training_step_clusters_updates_and_builds_targets_like_the_bank():
+    head = make_head(momentum=0.5)
+    features, target = make_batch(3, height=4, width=4)
+    target_full = F.interpolate(target[:, None].float(), size=(8, 8), mode="nearest")[:, 0].long()
+    bank = PrototypeBank(NUM_CLASSES, NUM_PROTOTYPES, DIM, momentum=0.5)
+    bank.load_state_dict(head.bank.state_dict())
+    with torch.no_grad():
+        embeddings = head.embed(features)
+        logits = head.eval()(features)["logits"]
+    head.train()
+    before = head.bank.prototypes.reshape(-1, DIM).clone()
+    outputs = head(features, target_full)  # the head resizes 8x8 -> 4x4 (nearest) itself
+    labels = target.reshape(-1)
+    valid = labels != 255
+    assignment = bank.cluster(embeddings, labels)
+    correct = logits.permute(0, 2, 3, 1).reshape(-1, NUM_CLASSES).argmax(dim=1) == labels
+    bank.update(embeddings, labels, assignment.update, correct)
+    torch.testing.assert_close(head.bank.prototypes, bank.prototypes)
+    assert not torch.equal(head.bank.prototypes.reshape(-1, DIM), before)
+    targets = outputs["proto_targets"]
+    assert targets.dtype == torch.int64 and targets.shape == (32,)
+    for n in range(32):
+        expected = int(labels[n]) * NUM_PROTOTYPES + int(assignment.target[n]) if valid[n] else -1
+        assert int(targets[n]) == expected
+    assert outputs["proto_logits"].shape == (32, NUM_CLASSES * NUM_PROTOTYPES)
+    # The similarities (and the gradient) are those of the prototypes before the update.
+    torch.testing.assert_close(outputs["proto_logits"].detach(), embeddings @ before.t())
+
+
+def test_gradients_reach_features_but_not_prototypes():
+    head = make_head()
+    features, target = make_batch(4)
+    features.requires_grad_(True)
+    outputs = head(features, target)
+    losses = ProtoSegLoss(ppc_weight=1.0, ppd_weight=1.0)(outputs, target)
+    losses["loss"].backward()  # no error although the bank was updated in place
+    assert features.grad is not None and features.grad.abs().sum() > 0
+    assert not head.bank.prototypes.requires_grad
+    assert all(p.grad is not None for p in head.parameters())
+
+
+def test_ignored_pixels_change_nothing_for_the_other_pixels():
+    features, target = make_batch(5)
+    ignored = (target == 255).unsqueeze(1).expand_as(features)
+    altered = features.clone()
+    altered[ignored] = torch.randn(int(ignored.sum())) * 100
+    results = []
+    for inputs in (features, altered):
+        head = make_head(momentum=0.5)
+        outputs = head(inputs, target)
+        losses = ProtoSegLoss()(outputs, target)
+        results.append((outputs, losses, head.bank.prototypes.clone()))
+    (first, first_losses, first_bank), (second, second_losses, second_bank) = results
+    keep = (target != 255).reshape(-1)
+    flat = lambda logits: logits.permute(0, 2, 3, 1).reshape(-1, NUM_CLASSES)  # noqa: E731
+    torch.testing.assert_close(flat(first["logits"])[keep], flat(second["logits"])[keep], rtol=0, atol=1e-6)
+    assert torch.equal(first["proto_targets"], second["proto_targets"])
+    torch.testing.assert_close(first_bank, second_bank, rtol=0, atol=1e-7)
+    for name in ("loss", "ce", "ppc", "ppd"):
+        torch.testing.assert_close(first_losses[name], second_losses[name], rtol=0, atol=1e-6)
+
+
+def test_prototypes_are_buffers_saved_and_restored():
+    head = make_head()
+    names = {name for name, _ in head.named_parameters()}
+    assert not any("prototypes" in name for name in names)
+    assert "bank.prototypes" in head.state_dict()
+    features, target = make_batch(6)
+    head(features, target)
+    restored = make_head()
+    assert not torch.equal(restored.bank.prototypes, head.bank.prototypes)
+    restored.load_state_dict(head.state_dict())
+    assert torch.equal(restored.bank.prototypes, head.bank.prototypes)
+
+
+def test_autocast_keeps_the_bank_in_float32_and_unit_norm():
+    head = make_head()
+    features, target = make_batch(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = head(features, target)
+        losses = ProtoSegLoss()(outputs, target)
+    assert head.bank.prototypes.dtype == torch.float32
+    torch.testing.assert_close(head.bank.prototypes.norm(dim=-1), torch.ones(NUM_CLASSES, NUM_PROTOTYPES))
+    assert torch.isfinite(losses["loss"])
+
+
+def test_labels_outside_the_classes_are_ignored_and_gumbel_mode_is_seeded():
+    features, target = make_batch(8)
+    target[0, 0, :] = 7  # not a class
+    runs = []
+    for _ in range(2):
+        head = make_head(assignment="gumbel", generator=torch.Generator().manual_seed(3))
+        runs.append((head(features, target)["proto_targets"], head.bank.prototypes.clone()))
+    assert (runs[0][0].view(2, 5, 4)[0, 0] == -1).all()
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("proj_dim, expected", [(None, IN_CHANNELS), (7, 7)])
+def test_embedding_dimension(proj_dim, expected):
+    head = ProtoSegHead(IN_CHANNELS, NUM_CLASSES, num_prototypes=2, proj_dim=proj_dim)
+    assert head.bank.prototypes.shape == (NUM_CLASSES, 2, expected)
