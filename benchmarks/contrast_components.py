@@ -1,0 +1,103 @@
+"""Time ContrastiveSeg's pixel-contrast loss (forward + backward) and the memory enqueue.
+
+Default: B=8, 128x128 embeddings, D=256, C=19, on CPU with one thread; prints the median of
+``--repeats`` timed runs after ``--warmup`` untimed ones, for the in-batch loss, the loss against a
+full memory (``--memory-size`` per class and queue), and the enqueue alone.
+
+    PYTHONPATH=src python benchmarks/contrast_components.py [--memory-size 5000] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from protoseg.losses import PixelContrastLoss
+from protoseg.prototypes import PixelQueue
+
+
+def median_seconds(step: Callable[[], None], warmup: int, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``step`` over ``repeats`` runs after ``warmup`` runs."""
+    times = []
+    for index in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128, help="embedding height = width")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--classes", type=int, default=19)
+    parser.add_argument("--memory-size", type=int, default=5000)
+    parser.add_argument("--pixels-per-image", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    shape = (args.batch, args.size, args.size)
+    # blocky labels (16x16 regions at the embedding grid, labels at 4x resolution) and noisy predictions
+    block_shape = (args.batch, args.size // 16, args.size // 16)
+    blocks = torch.randint(0, args.classes, block_shape, device=device, generator=generator)
+    labels = blocks.repeat_interleave(64, dim=1).repeat_interleave(64, dim=2)
+    labels[:, :32] = 255
+    noise = torch.randint(0, args.classes, shape, device=device, generator=generator)
+    embedding_grid = blocks.repeat_interleave(16, dim=1).repeat_interleave(16, dim=2)
+    flip = torch.rand(shape, device=device, generator=generator) < 0.3
+    predictions = torch.where(flip, noise, embedding_grid)
+    raw = torch.randn(args.batch, args.dim, args.size, args.size, device=device, generator=generator)
+    embeddings = F.normalize(raw, dim=1).requires_grad_()
+
+    criterion = PixelContrastLoss()
+    memory = PixelQueue(args.classes, args.dim, args.memory_size, args.pixels_per_image).to(device)
+    banks = ((memory.pixel_queue, memory.pixel_filled), (memory.segment_queue, memory.segment_filled))
+    for queue, filled in banks:
+        queue.copy_(F.normalize(torch.randn(queue.shape, device=device, generator=generator), dim=-1))
+        filled.fill_(args.memory_size)  # a full memory: the steady state
+
+    def in_batch() -> None:
+        embeddings.grad = None
+        criterion(embeddings, labels, predictions, generator=generator, num_classes=args.classes).backward()
+
+    def with_memory() -> None:
+        embeddings.grad = None
+        criterion(embeddings, labels, predictions, memory, generator).backward()
+        memory.enqueue(embeddings.detach(), labels, generator)
+
+    def enqueue() -> None:
+        memory.enqueue(embeddings.detach(), labels, generator)
+
+    print(
+        f"B={args.batch} {args.size}x{args.size} D={args.dim} C={args.classes} memory={args.memory_size} "
+        f"device={device} threads={args.threads} (median of {args.repeats} after {args.warmup} warm-up)"
+    )
+    steps = {
+        "loss in-batch (fwd+bwd)": in_batch,
+        "loss vs memory (fwd+bwd) + enqueue": with_memory,
+        "enqueue alone": enqueue,
+    }
+    for name, step in steps.items():
+        print(f"{name:38s} {1000 * median_seconds(step, args.warmup, args.repeats, device):9.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

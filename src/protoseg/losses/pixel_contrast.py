@@ -1,0 +1,222 @@
+"""Supervised pixel contrast of ContrastiveSeg (Wang et al., ICCV 2021, Eq. 3 and Sec. 3.4).
+
+For an anchor a with positives P_a (same class, not itself) and negatives N_a (other classes):
+``L_a = tau / base_tau * mean_{p in P_a} -log( e^{s_ap} / (e^{s_ap} + sum_{n in N_a} e^{s_an}) )``,
+``s = <a, x> / tau``, and the loss is the mean of L_a over the anchors with at least one positive.
+Written as ``softplus(logsumexp_{n in N_a} s_an - s_ap)``, which never evaluates log(0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..prototypes.pixel_queue import PixelQueue, resize_labels
+from .anchor_sampling import AnchorSampler, HardAnchorSampler, gather_pixels, pack_anchor_indices
+
+
+def supervised_contrast(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    contrast: torch.Tensor | None = None,
+    contrast_labels: torch.Tensor | None = None,
+    temperature: float = 0.1,
+    base_temperature: float = 0.07,
+    anchor_valid: torch.Tensor | None = None,
+    contrast_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Supervised contrastive loss of ``anchors`` (M, D) with labels (M,) against ``contrast`` (N, D).
+
+    Without ``contrast`` the anchors are contrasted with each other and an anchor is never its own
+    positive. With ``contrast`` (e.g. a memory queue) there is no self exclusion. ``anchor_valid`` (M,)
+    and ``contrast_valid`` (N,) mask out padding rows (they are neither anchors, positives nor
+    negatives). Computed in at least float32 with autocast off. Returns a scalar; 0 connected to the
+    graph when no anchor has a positive.
+    """
+    if anchors.dim() != 2 or anchor_labels.shape != anchors.shape[:1]:
+        raise ValueError(
+            f"anchors must be (M, D) with anchor_labels (M,), got {tuple(anchors.shape)} "
+            f"and {tuple(anchor_labels.shape)}"
+        )
+    if (contrast is None) != (contrast_labels is None):
+        raise ValueError("contrast and contrast_labels must be given together")
+    if contrast is not None and (contrast.dim() != 2 or contrast.shape[1] != anchors.shape[1]):
+        raise ValueError(f"contrast must be (N, {anchors.shape[1]}), got {tuple(contrast.shape)}")
+    if contrast is not None and contrast_labels.shape != contrast.shape[:1]:
+        raise ValueError(
+            f"contrast_labels must be ({contrast.shape[0]},), got {tuple(contrast_labels.shape)}"
+        )
+    if temperature <= 0 or base_temperature <= 0:
+        raise ValueError(f"temperatures must be > 0, got {temperature} and {base_temperature}")
+
+    compute_dtype = torch.promote_types(anchors.dtype, torch.float32)
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        anchors = anchors.to(compute_dtype)
+        if anchor_valid is None:
+            anchor_valid = torch.ones_like(anchor_labels, dtype=torch.bool)
+        exclude_self = contrast is None
+        if contrast is None:
+            contrast, contrast_labels, contrast_valid = anchors, anchor_labels, anchor_valid
+        else:
+            contrast = contrast.to(compute_dtype)
+        if contrast_valid is None:
+            contrast_valid = torch.ones_like(contrast_labels, dtype=torch.bool)
+
+        logits = anchors @ contrast.T / temperature
+        pair_valid = anchor_valid.unsqueeze(1) & contrast_valid.unsqueeze(0)
+        same_class = anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)
+        positive = same_class & pair_valid
+        if exclude_self:
+            positive = positive & ~torch.eye(len(anchors), dtype=torch.bool, device=anchors.device)
+        negative = ~same_class & pair_valid
+
+        # A row without negatives gets a finite "log 0" so that softplus -> 0 and gradients stay finite.
+        lowest = torch.finfo(compute_dtype).min
+        negative_logsumexp = logits.masked_fill(~negative, lowest).logsumexp(dim=1, keepdim=True)
+        pair_loss = F.softplus(negative_logsumexp - logits)
+        positive_count = positive.sum(dim=1)
+        per_anchor = torch.where(positive, pair_loss, 0.0).sum(dim=1) / positive_count.clamp_min(1)
+        per_anchor = per_anchor * (temperature / base_temperature)
+        has_positive = positive_count > 0
+        return torch.where(has_positive, per_anchor, 0.0).sum() / has_positive.sum().clamp_min(1)
+
+
+def memory_contrast(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    banks: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    anchor_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`supervised_contrast` of ``anchors`` (M, D) against class-structured memory banks.
+
+    ``banks``: pairs of ``queue`` (C, S, D), whose row ``[c, s]`` has class c, and ``valid`` (C, S)
+    filled slots. Same value as ``supervised_contrast(anchors, labels, rows, row_labels, ...,
+    contrast_valid=...)`` over all banks' rows, but the class structure lets the negative sums be one
+    logsumexp per (anchor, class): about four passes over the (M, C * S) logits instead of fifteen,
+    and no (M, C * S) masks. Anchor labels must lie in [0, C) where ``anchor_valid``.
+    """
+    if anchors.dim() != 2 or anchor_labels.shape != anchors.shape[:1]:
+        raise ValueError(
+            f"anchors must be (M, D) with anchor_labels (M,), got {tuple(anchors.shape)} "
+            f"and {tuple(anchor_labels.shape)}"
+        )
+    if not banks:
+        raise ValueError("memory_contrast needs at least one bank")
+    classes = banks[0][0].shape[0]
+    for queue, valid in banks:
+        if queue.dim() != 3 or queue.shape[0] != classes or queue.shape[2] != anchors.shape[1]:
+            raise ValueError(f"bank must be ({classes}, S, {anchors.shape[1]}), got {tuple(queue.shape)}")
+        if valid.shape != queue.shape[:2]:
+            raise ValueError(f"bank valid must be {tuple(queue.shape[:2])}, got {tuple(valid.shape)}")
+    if temperature <= 0 or base_temperature <= 0:
+        raise ValueError(f"temperatures must be > 0, got {temperature} and {base_temperature}")
+
+    compute_dtype = torch.promote_types(anchors.dtype, torch.float32)
+    lowest = torch.finfo(compute_dtype).min
+    count = len(anchors)
+    if anchor_valid is None:
+        anchor_valid = torch.ones_like(anchor_labels, dtype=torch.bool)
+    own_class = anchor_labels.clamp(0, classes - 1)
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        anchors = anchors.to(compute_dtype)
+        class_logsumexp, own_logits, own_valid = [], [], []
+        for queue, valid in banks:
+            size = queue.shape[1]
+            # empty slots get a "log 0" bias, added inside the matmul (no extra pass, no mask)
+            bias = torch.zeros(classes * size, dtype=compute_dtype, device=anchors.device)
+            bias = bias.masked_fill(~valid.flatten(), lowest)
+            logits = torch.addmm(bias, anchors, queue.reshape(classes * size, -1).to(compute_dtype).T,
+                                 alpha=1.0 / temperature).view(count, classes, size)  # fmt: skip
+            class_logsumexp.append(logits.logsumexp(dim=2))
+            own_logits.append(logits.gather(1, own_class.view(count, 1, 1).expand(count, 1, size)).squeeze(1))
+            own_valid.append(valid[own_class])
+        per_class = torch.stack(class_logsumexp).logsumexp(dim=0)
+        # a comparison, not F.one_hot: one_hot checks its input's range on the host
+        own_mask = own_class.unsqueeze(1) == torch.arange(classes, device=anchors.device)
+        negative_logsumexp = per_class.masked_fill(own_mask, lowest).logsumexp(dim=1, keepdim=True)
+        positive = torch.cat(own_valid, dim=1) & anchor_valid.unsqueeze(1)
+        pair_loss = F.softplus(negative_logsumexp - torch.cat(own_logits, dim=1))
+        positive_count = positive.sum(dim=1)
+        per_anchor = torch.where(positive, pair_loss, 0.0).sum(dim=1) / positive_count.clamp_min(1)
+        per_anchor = per_anchor * (temperature / base_temperature)
+        has_positive = positive_count > 0
+        return torch.where(has_positive, per_anchor, 0.0).sum() / has_positive.sum().clamp_min(1)
+
+
+class PixelContrastLoss(nn.Module):
+    """Pixel contrast of sampled anchors, in-batch or against a :class:`PixelQueue` memory.
+
+    ``forward(embeddings (B, D, H, W), labels (B, H', W'), predictions (B, H'', W'') | None,
+    memory | None, generator | None, num_classes | None) -> scalar``. Labels and predictions are
+    resized to (H, W) by nearest neighbour. Anchors are sampled by ``sampler`` (default
+    :class:`HardAnchorSampler`), compacted to ``sampler.capacity`` rows, then contrasted
+    (``temperature``/``base_temperature``) with each other, or with the queue contents using
+    ``memory_temperature`` for both temperatures (as released). Gradients reach only the anchors.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        base_temperature: float = 0.07,
+        max_samples: int = 1024,
+        max_views: int = 100,
+        ignore_index: int = 255,
+        sampler: AnchorSampler | None = None,
+        memory_temperature: float = 0.07,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("temperature", temperature),
+            ("base_temperature", base_temperature),
+            ("memory_temperature", memory_temperature),
+        ):
+            if value <= 0:
+                raise ValueError(f"PixelContrastLoss {name} must be > 0, got {value}")
+        self.temperature = temperature
+        self.base_temperature = base_temperature
+        self.memory_temperature = memory_temperature
+        self.ignore_index = ignore_index
+        self.sampler = sampler or HardAnchorSampler(max_samples, max_views, ignore_index)
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        predictions: torch.Tensor | None = None,
+        memory: PixelQueue | None = None,
+        generator: torch.Generator | None = None,
+        num_classes: int | None = None,
+    ) -> torch.Tensor:
+        if embeddings.dim() != 4:
+            raise ValueError(f"embeddings must be (B, D, H, W), got shape {tuple(embeddings.shape)}")
+        batch, dim, height, width = embeddings.shape
+        flat_labels = resize_labels(labels, (height, width)).view(batch, height * width)
+        flat_predictions = None
+        if predictions is not None:
+            flat_predictions = resize_labels(predictions, (height, width)).view(batch, height * width)
+        if memory is not None:
+            if num_classes is not None and num_classes != memory.num_classes:
+                raise ValueError(f"num_classes {num_classes} differs from the memory's {memory.num_classes}")
+            num_classes = memory.num_classes
+
+        indices = self.sampler.sample_indices(flat_labels, flat_predictions, generator, num_classes)
+        capacity = min(self.sampler.capacity, indices.valid.numel())
+        packed = pack_anchor_indices(indices, capacity)
+        anchors = gather_pixels(embeddings, flat_labels, packed.pixel_index)
+
+        if memory is None:
+            return supervised_contrast(
+                anchors, packed.labels, temperature=self.temperature,
+                base_temperature=self.base_temperature, anchor_valid=packed.valid,
+            )  # fmt: skip
+        if memory.dim != dim:
+            raise ValueError(f"memory dim {memory.dim} differs from embedding dim {dim}")
+        banks = memory.contrast_banks(snapshot=anchors.requires_grad)
+        return memory_contrast(
+            anchors, packed.labels, banks, self.memory_temperature, self.memory_temperature, packed.valid
+        )
