@@ -1,0 +1,196 @@
+"""RCA's region semantic contrast (eq. 4) and region mixup contrast (eq. 5) against a region memory."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protoseg.prototypes.region_memory import RegionMemory
+
+_GAMMA_CANDIDATES = 16
+
+
+def sample_gamma(
+    concentration: float,
+    count: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """``count`` draws from Gamma(concentration, 1) in float32, seeded by ``generator``.
+
+    Marsaglia & Tsang (2000) with a fixed number of candidates per draw (acceptance >= 95% for
+    shape >= 1, so all 16 failing has probability < 1e-20; then the mode is returned) and the boost
+    ``Gamma(a) = Gamma(a + 1) * U^(1/a)`` for ``a < 1``. Fixed shapes, no host synchronisation.
+    """
+    if concentration <= 0:
+        raise ValueError(f"sample_gamma: concentration must be > 0, got {concentration}")
+    shape = concentration if concentration >= 1 else concentration + 1.0
+    d = shape - 1.0 / 3.0
+    c = 1.0 / (9.0 * d) ** 0.5
+    normal = torch.randn(count, _GAMMA_CANDIDATES, generator=generator, device=device)
+    uniform = torch.rand(count, _GAMMA_CANDIDATES, generator=generator, device=device)
+    v = (1.0 + c * normal) ** 3
+    positive = v > 0
+    safe_v = torch.where(positive, v, torch.ones_like(v))
+    accept = positive & (
+        torch.log(uniform.clamp_min(1e-30)) < 0.5 * normal**2 + d - d * safe_v + d * torch.log(safe_v)
+    )
+    first = accept.long().argmax(dim=1, keepdim=True)
+    draws = (d * safe_v).gather(1, first).squeeze(1)
+    draws = torch.where(accept.any(dim=1), draws, torch.full_like(draws, d))
+    if concentration < 1:
+        boost = torch.rand(count, generator=generator, device=device).clamp_min(1e-30)
+        draws = draws * boost.pow(1.0 / concentration)
+    return draws
+
+
+def sample_beta(
+    alpha: float, count: int, generator: torch.Generator | None = None, device: torch.device | None = None
+) -> torch.Tensor:
+    """``count`` draws of w ~ Beta(alpha, alpha) as ``G1 / (G1 + G2)`` with Gamma(alpha) draws."""
+    first = sample_gamma(alpha, count, generator, device)
+    second = sample_gamma(alpha, count, generator, device)
+    return first / (first + second).clamp_min(1e-30)
+
+
+def _class_logsumexp(logits: torch.Tensor, slot_valid: torch.Tensor) -> torch.Tensor:
+    """``logits (R, C, M)``, ``slot_valid (C, M)`` -> ``(R, C)`` logsumexp over each class's filled slots.
+
+    A class without a filled slot gets a huge negative finite value (not -inf, so that gradients stay
+    finite), which then counts for nothing in a further logsumexp.
+    """
+    very_negative = torch.finfo(logits.dtype).min / 2
+    per_class = logits.masked_fill(~slot_valid, very_negative).logsumexp(dim=2)
+    return per_class.masked_fill(~slot_valid.any(dim=1), very_negative)
+
+
+def _memory_contrast(
+    targets: torch.Tensor, logits: torch.Tensor, class_lse: torch.Tensor, slot_valid: torch.Tensor
+) -> torch.Tensor:
+    """Per-query InfoNCE of RCA eq. 4 with the filled slots of class ``targets[r]`` as positives.
+
+    ``L(f, l) = 1/|M_l| sum_{m+ in M_l} -log(e^{s+/t} / (e^{s+/t} + sum_{m- not in M_l} e^{s-/t}))``
+    ``        = mean_{m+} softplus(logsumexp_{m-} (s-/t) - s+/t)`` with ``s = cos(f, m)``.
+
+    Args:
+        targets: ``(R,)`` target class of each query.
+        logits: ``(R, C, M)`` cosine similarities / temperature against every slot.
+        class_lse: ``(R, C)`` from :func:`_class_logsumexp`.
+        slot_valid: ``(C, M)`` filled slots.
+
+    Returns:
+        ``(R,)`` losses; 0 where the target class has no filled slot.
+    """
+    classes, size = slot_valid.shape
+    very_negative = torch.finfo(logits.dtype).min / 2
+    others = targets.unsqueeze(1) != torch.arange(classes, device=targets.device).unsqueeze(0)
+    negative_lse = class_lse.masked_fill(~others, very_negative).logsumexp(dim=1, keepdim=True)
+    positive_logits = logits.gather(1, targets.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
+    positive_valid = slot_valid[targets].to(logits.dtype)
+    per_positive = F.softplus(negative_lse - positive_logits) * positive_valid
+    return per_positive.sum(dim=1) / positive_valid.sum(dim=1).clamp_min(1)
+
+
+class RegionContrastLoss(nn.Module):
+    """Region semantic contrast with region mixup (RCA eqs. 4-5) against a :class:`RegionMemory`.
+
+    For region ``r`` with embedding ``f_r`` and class ``l_r`` (cosine similarity, temperature tau):
+
+    - ``contrast = mean_r L(f_r, l_r)`` with ``L`` the memory InfoNCE of eq. 4: positives = the filled
+      slots of class ``l_r``, negatives = the filled slots of every other class;
+    - ``mixup``: each region draws a partner ``r-`` uniformly among the valid batch regions of a
+      DIFFERENT class whose memory is not empty, and ``w_r ~ Beta(alpha, alpha)``;
+      ``f_hat = w f_r + (1 - w) f_r-`` (un-normalised embeddings, as the release) and
+      ``mixup = mean_r [ w L(f_hat, l_r) + (1 - w) L(f_hat, l_r-) ]`` (eq. 5). A region without a
+      possible partner (one class in the batch) uses ``w = 1``, i.e. its plain contrast term;
+    - ``loss = mixup`` (the paper's L_RM-NCE), or ``contrast`` when ``mixup_alpha == 0`` (with mixup
+      on, ``contrast`` is computed without gradient, for logging only).
+
+    The returned dict also holds the draws, for inspection: ``partner`` ``(R,)`` (index of each
+    region's partner; the region itself when it has none) and ``mix_weight`` ``(R,)`` (w).
+
+    Means run over the regions that are ``valid`` and whose class has >= 1 filled slot (0 when there
+    is none). The release instead sums per-image region means over the batch, so its weight 0.01 at
+    batch size 8 corresponds to about 0.08 here. The memory is read detached; the release draws its
+    partner from a random image and class, which may be the region's own class (or the region itself).
+    """
+
+    def __init__(self, temperature: float = 0.07, mixup_alpha: float = 8.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"RegionContrastLoss: temperature must be > 0, got {temperature}")
+        if mixup_alpha < 0:
+            raise ValueError(f"RegionContrastLoss: mixup_alpha must be >= 0, got {mixup_alpha}")
+        self.temperature = temperature
+        self.mixup_alpha = mixup_alpha
+
+    def forward(
+        self,
+        region_embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        valid: torch.Tensor,
+        memory: RegionMemory,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``region_embeddings (R, D)``, ``labels (R,)`` int64, ``valid (R,)`` bool -> dict of scalars."""
+        rows = region_embeddings.shape[0]
+        if region_embeddings.dim() != 2 or region_embeddings.shape[1] != memory.dim:
+            raise ValueError(
+                f"RegionContrastLoss: region_embeddings must be (R, {memory.dim}), "
+                f"got {tuple(region_embeddings.shape)}"
+            )
+        if labels.shape != (rows,) or valid.shape != (rows,):
+            raise ValueError(
+                f"RegionContrastLoss: labels {tuple(labels.shape)} and valid {tuple(valid.shape)} "
+                f"must be ({rows},)"
+            )
+        embeddings = region_embeddings.float()
+        labels = labels.long()
+        valid = valid.bool()
+        device = embeddings.device
+        # a fresh normalised copy: later in-place memory writes cannot touch what autograd saved
+        slots = F.normalize(memory.memory.detach().float(), dim=2)
+        slot_valid = memory.valid
+        class_filled = memory.count > 0
+
+        def contrast_losses(queries: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+            logits = torch.einsum("rd,cmd->rcm", F.normalize(queries, dim=1) / self.temperature, slots)
+            class_lse = _class_logsumexp(logits, slot_valid)
+            return [_memory_contrast(target, logits, class_lse, slot_valid) for target in targets]
+
+        counted = valid & class_filled[labels]
+        weight = counted.to(embeddings.dtype)
+        denominator = weight.sum().clamp_min(1.0)
+        if self.mixup_alpha == 0:
+            contrast = (contrast_losses(embeddings, [labels])[0] * weight).sum() / denominator
+            return {
+                "loss": contrast,
+                "contrast": contrast,
+                "mixup": contrast,
+                "partner": torch.arange(rows, device=device),
+                "mix_weight": torch.ones(rows, device=device),
+            }
+
+        # partner: uniform among eligible regions = argmax of i.i.d. uniform scores over them
+        eligible = (labels.unsqueeze(0) != labels.unsqueeze(1)) & counted.unsqueeze(0)
+        draws = torch.rand(rows, rows, generator=generator, device=device)
+        has_partner = eligible.any(dim=1)
+        partner = draws.masked_fill(~eligible, -1.0).argmax(dim=1)
+        partner = torch.where(has_partner, partner, torch.arange(rows, device=device))
+        mix_weight = sample_beta(self.mixup_alpha, rows, generator, device)
+        mix_weight = torch.where(has_partner, mix_weight, torch.ones_like(mix_weight))
+        partner_labels = labels[partner]
+        mixed = mix_weight.unsqueeze(1) * embeddings + (1.0 - mix_weight.unsqueeze(1)) * embeddings[partner]
+        own_losses, partner_losses = contrast_losses(mixed, [labels, partner_labels])
+        mixed_losses = mix_weight * own_losses + (1.0 - mix_weight) * partner_losses
+        mixup = (mixed_losses * weight).sum() / denominator
+        with torch.no_grad():  # the un-mixed contrast is only logged
+            contrast = (contrast_losses(embeddings, [labels])[0] * weight).sum() / denominator
+        return {
+            "loss": mixup,
+            "contrast": contrast,
+            "mixup": mixup,
+            "partner": partner,
+            "mix_weight": mix_weight,
+        }
