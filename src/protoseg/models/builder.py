@@ -169,17 +169,17 @@ def build_wsss_method(cfg: Config, num_classes: int) -> nn.Module:
     if name == "cam":
         return build_cam_method("cam", network)
     p = cfg.model.ppc
-    from ..losses.ppc import PixelToPrototypeContrast
-
-    contrast = PixelToPrototypeContrast(
+    return build_cam_method(
+        "ppc",
+        network,
         temperature=p.temperature,
         top_k=p.top_k,
         bg_threshold=p.bg_threshold,
         cross_weight=p.cross_weight,
         intra_weight=p.intra_weight,
         mining=p.mining,
+        scale_factor=p.scale_factor,
     )
-    return build_cam_method("ppc", network, contrast=contrast, scale_factor=p.scale_factor)
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:

@@ -3,3 +3,5 @@
 from .bank import PrototypeAssignment, PrototypeBank
 from .pixel_queue import PixelQueue
 from .region_memory import RegionMemory
+
+__all__ = ["PixelQueue", "PrototypeAssignment", "PrototypeBank", "RegionMemory"]
