@@ -129,6 +129,7 @@ def _wsss_dataset(cfg, split: str, root: str | None = None):
         transforms=build_transforms(False, None, mean=tuple(d.mean), std=tuple(d.std)),
         use_aug=d.use_aug and split == d.train_split,
         num_classes=d.num_classes,
+        **({"tag_file": d.tag_file} if d.tag_file else {}),
     )
 
 
@@ -162,7 +163,7 @@ def _mask_loader(dataset):
     def load(name: str):
         if name not in index_by_name:
             raise KeyError(f"CAM file '{name}' has no image of that name in the dataset split")
-        return dataset.load_raw(index_by_name[name])[1]
+        return dataset.load_mask(index_by_name[name])
 
     return load
 

@@ -30,6 +30,8 @@ class DataConfig:
     val_split: str = "val"
     label_dir: str | None = None  # replaces the training masks (pseudo labels for WSSS stage 2)
     use_aug: bool = False  # VOC: SegmentationClassAug + train_aug list
+    train_list: str | None = None  # a file of image ids replacing the training split's list
+    tag_file: str | None = None  # image-level tags (cls_labels.npy, CSV or JSON) for WSSS on any dataset
     num_classes: int | None = None  # folder datasets without classes.txt
     crop_size: list[int] = field(default_factory=lambda: [128, 128])  # (height, width)
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -105,6 +107,8 @@ class RCAConfig:
     temperature: float = 0.07
     mixup_alpha: float = 8.0
     aggregation: str = "paper"  # paper | released
+    region_mask: str = "paper"  # paper: P_l > mean(P_l); released: the same test on softmax_l(P)
+    attention_scale: float = 1.0  # scale of F Q^T inside the aggregation softmax (paper: 1)
     refresh_interval: int = 0  # iterations between k-means refreshes; 0: once per epoch
 
 

@@ -63,8 +63,9 @@ def build_datasets(cfg: Config, val_only: bool = False):
     """(train, val) datasets of ``cfg.data``; the training set reads ``data.label_dir`` masks if set."""
     d = cfg.data
     eval_transforms = build_transforms(False, None, mean=tuple(d.mean), std=tuple(d.std))
+    tag_options = {"tag_file": d.tag_file} if d.tag_file else {}
     val = build_dataset(
-        d.name, d.root, d.val_split, transforms=eval_transforms, use_aug=False, num_classes=d.num_classes
+        d.name, d.root, d.val_split, transforms=eval_transforms, num_classes=d.num_classes, **tag_options
     )
     if val_only:
         return None, val
@@ -84,7 +85,9 @@ def build_datasets(cfg: Config, val_only: bool = False):
         transforms=train_transforms,
         label_dir=d.label_dir,
         use_aug=d.use_aug,
+        list_file=d.train_list,
         num_classes=d.num_classes,
+        **tag_options,
     )
     return train, val
 
