@@ -32,11 +32,15 @@ $(DATA)/ImageSets/Segmentation/val.txt: | $(STAMP)
 demo: $(STAMP) $(DATA)/ImageSets/Segmentation/val.txt
 	$(BIN)/protoseg train configs/shapes/linear.yaml --set data.root=$(DATA) --run-dir $(DEMO_RUN) --overwrite
 	$(BIN)/protoseg eval $(DEMO_RUN) --out $(DEMO_RUN)/eval_val.json
+	$(BIN)/protoseg visualize curves $(DEMO_RUN) --eval-json $(DEMO_RUN)/eval_val.json
+	$(BIN)/protoseg visualize predictions $(DEMO_RUN) --images 4
+	$(BIN)/protoseg visualize embeddings $(DEMO_RUN) --max-images 50 --no-progress
 	$(BIN)/protoseg predict --checkpoint $(DEMO_RUN)/checkpoints/best.pt --out $(DEMO_RUN)/predictions \
 		$$(head -n 4 $(DATA)/ImageSets/Segmentation/val.txt | sed 's|^|$(DATA)/JPEGImages/|; s|$$|.jpg|')
 	@echo
 	@echo "Demo finished. Run folder: $(DEMO_RUN)"
 	@echo "  predictions: $(DEMO_RUN)/predictions/*.png and *_overlay.jpg"
+	@echo "  pictures:    $(DEMO_RUN)/viz/*.png"
 	@echo "  metrics:     $(DEMO_RUN)/eval_val.json, $(DEMO_RUN)/metrics.jsonl"
 
 clean:
