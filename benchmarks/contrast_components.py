@@ -10,30 +10,14 @@ full memory (``--memory-size`` per class and queue), and the enqueue alone.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from protoseg.benchmark.steps import fill_pixel_queue
+from protoseg.benchmark.timing import median_seconds
 from protoseg.losses import PixelContrastLoss
 from protoseg.prototypes import PixelQueue
-
-
-def median_seconds(step: Callable[[], None], warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``step`` over ``repeats`` runs after ``warmup`` runs."""
-    times = []
-    for index in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -69,10 +53,7 @@ def main() -> None:
 
     criterion = PixelContrastLoss()
     memory = PixelQueue(args.classes, args.dim, args.memory_size, args.pixels_per_image).to(device)
-    banks = ((memory.pixel_queue, memory.pixel_filled), (memory.segment_queue, memory.segment_filled))
-    for queue, filled in banks:
-        queue.copy_(F.normalize(torch.randn(queue.shape, device=device, generator=generator), dim=-1))
-        filled.fill_(args.memory_size)  # a full memory: the steady state
+    fill_pixel_queue(memory, generator)  # a full memory: the steady state
 
     def in_batch() -> None:
         embeddings.grad = None
@@ -96,7 +77,7 @@ def main() -> None:
         "enqueue alone": enqueue,
     }
     for name, step in steps.items():
-        print(f"{name:38s} {1000 * median_seconds(step, args.warmup, args.repeats, device):9.1f} ms")
+        print(f"{name:38s} {1000 * median_seconds(step, device, args.warmup, args.repeats):9.1f} ms")
 
 
 if __name__ == "__main__":

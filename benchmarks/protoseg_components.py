@@ -10,7 +10,9 @@ dimension D with K prototypes per class. Two paths are timed:
   O(N * K * D)), timed alone as ``own_similarities_grouped`` beside the O(N * C * K * D)
   alternative ``own_similarities_full_matmul``.
 
-All components of both C are timed in interleaved rounds (one call of each per round).
+All components of both C are timed in interleaved rounds (one call of each per round, the order
+rotated each round); the components live in :mod:`protoseg.benchmark.components`, and
+``protoseg benchmark --suite scaling`` sweeps C, N and K with them.
 
 Usage: ``python benchmarks/protoseg_components.py [--json] [--pixels N] [--repeats R] [--device cpu|cuda]``.
 Reports the median over repeats after warm-up, and the ratio C=150 / C=19 (target: <= 1.5).
@@ -20,83 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
-from protoseg.ops import segmented_sinkhorn, sinkhorn
-from protoseg.prototypes import PrototypeBank
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _interleaved_medians(
-    functions: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
-) -> dict[str, float]:
-    """Median seconds of each function; one call of each per round, so load changes hit all alike."""
-    for _ in range(warmup):
-        for function in functions.values():
-            function()
-    _synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            _synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def _inputs(
-    num_pixels: int, num_classes: int, num_prototypes: int, dim: int, device: torch.device, seed: int
-):
-    generator = torch.Generator().manual_seed(seed)
-    embeddings = torch.nn.functional.normalize(torch.randn(num_pixels, dim, generator=generator), dim=1)
-    labels = torch.randint(0, num_classes, (num_pixels,), generator=generator)
-    labels[torch.rand(num_pixels, generator=generator) < 0.1] = 255
-    correct = torch.rand(num_pixels, generator=generator) < 0.7
-    bank = PrototypeBank(num_classes, num_prototypes, dim, generator=generator)
-    return bank.to(device), embeddings.to(device), labels.to(device), correct.to(device)
-
-
-def _prototype_learning(bank: PrototypeBank, embeddings, labels, correct, similarities) -> torch.Tensor:
-    assignment = bank.cluster(embeddings, labels, similarities=similarities)
-    bank.update(embeddings, labels, assignment.update, correct)
-    valid = bank.valid_labels(labels)
-    return torch.where(valid, labels * bank.num_prototypes + assignment.target, -1)
-
-
-def _full_matmul_own_similarities(bank: PrototypeBank, embeddings, labels) -> torch.Tensor:
-    """The O(N * C * K * D) alternative: every similarity, then the own-class slice."""
-    classes = labels.clamp(0, bank.num_classes - 1).view(-1, 1, 1).expand(-1, 1, bank.num_prototypes)
-    return bank.similarities(embeddings).gather(1, classes).squeeze(1)
-
-
-def _components(num_pixels, num_classes, num_prototypes, dim, device) -> dict[str, Callable[[], object]]:
-    bank, embeddings, labels, correct = _inputs(num_pixels, num_classes, num_prototypes, dim, device, seed=0)
-    with torch.no_grad():
-        similarities = bank.similarities(embeddings)
-        own = bank.own_class_similarities(embeddings, labels)
-    per_class = num_pixels // num_classes
-    spread = torch.arange(num_pixels, device=device) % num_prototypes
-    dense_scores = torch.randn(num_classes, per_class, num_prototypes, device=device)
-    return {
-        # What a training step pays on top of the forward (similarities already computed).
-        "learning_head_path": lambda: _prototype_learning(bank, embeddings, labels, correct, similarities),
-        "learning_standalone_path": lambda: _prototype_learning(bank, embeddings, labels, correct, None),
-        "own_similarities_grouped": lambda: bank.own_class_similarities(embeddings, labels),
-        "own_similarities_full_matmul": lambda: _full_matmul_own_similarities(bank, embeddings, labels),
-        "segmented_sinkhorn": lambda: segmented_sinkhorn(own, labels, num_classes),
-        # Dense batched form: one (C, N / C, K) call.
-        "dense_batched_sinkhorn": lambda: sinkhorn(dense_scores),
-        "update": lambda: bank.update(embeddings, labels, spread, correct),
-    }
+from protoseg.benchmark.components import protoseg_components
+from protoseg.benchmark.timing import interleaved_medians
 
 
 def run(
@@ -105,9 +35,10 @@ def run(
     class_counts = (19, 150)
     functions = {}
     for num_classes in class_counts:
-        for name, function in _components(num_pixels, num_classes, num_prototypes, dim, device).items():
+        components = protoseg_components(num_pixels, num_classes, num_prototypes, dim, device)
+        for name, function in components.items():
             functions[(name, num_classes)] = function
-    medians = _interleaved_medians(functions, device, warmup, repeats)
+    medians = interleaved_medians(functions, device, warmup, repeats)
     results: dict[str, dict] = {f"C={c}": {} for c in class_counts}
     for (name, num_classes), seconds in medians.items():
         results[f"C={num_classes}"][name] = seconds

@@ -8,42 +8,20 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from protoseg.benchmark.components import filled_region_memory
+from protoseg.benchmark.timing import median_seconds
 from protoseg.losses import RegionContrastLoss
 from protoseg.ops import kmeans
-from protoseg.prototypes import RegionMemory
 
 CONVERGED_ITERS = 100
 
 
-def median_milliseconds(function: Callable[[], object], device: torch.device, repeats: int) -> float:
-    function()  # warm-up
-    timings = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings.append((time.perf_counter() - start) * 1000)
-    return statistics.median(timings)
-
-
-def filled_memory(classes: int, size: int, dim: int, device: torch.device, generator: torch.Generator):
-    """A full memory whose classes hold Gaussian mixtures (20 modes each), as region embeddings cluster."""
-    memory = RegionMemory(classes, dim, size=size).to(device)
-    modes = torch.randn(classes, 20, dim, generator=generator, device=device) * 3
-    pick = torch.randint(0, 20, (classes, size), generator=generator, device=device)
-    points = torch.gather(modes, 1, pick.unsqueeze(-1).expand(-1, -1, dim))
-    memory.memory.copy_(points + torch.randn(classes, size, dim, generator=generator, device=device))
-    memory.count.fill_(size)
-    return memory
+def median_milliseconds(function, device: torch.device, repeats: int) -> float:
+    """Median milliseconds of ``repeats`` calls after one warm-up call."""
+    return 1000.0 * median_seconds(function, device, warmup=1, repeats=repeats)
 
 
 def main() -> None:
@@ -86,7 +64,7 @@ def time_components(
 ) -> tuple[float, ...]:
     """Refresh, per-Lloyd-iteration, enqueue and contrast step times (ms) for one memory size, and the
     k-means objective's excess (%) over a run of ``CONVERGED_ITERS`` iterations from the same seeding."""
-    memory = filled_memory(args.classes, size, args.dim, device, generator)
+    memory = filled_region_memory(args.classes, size, args.dim, device, generator)
     prototypes, iters = args.prototypes, args.kmeans_iters
 
     def refresh() -> None:

@@ -1,0 +1,92 @@
+"""The issue's cost targets, checked against measured results (reported, never enforced).
+
+Each check gives ``{"target", "measured", "limit", "met"}``; ``met`` is None where the suite that
+measures it did not run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STEP_RATIO_LIMITS: dict[str, dict[str, float]] = {
+    # method: {device type: maximum training-step time ratio to the family's baseline}
+    "protoseg": {"cpu": 1.10, "cuda": 1.05},
+    "contrast": {"cpu": 1.15, "cuda": 1.15},
+    "ppc": {"cpu": 1.15, "cuda": 1.15},
+    "rca": {"cpu": 1.25, "cuda": 1.25},
+}
+STEP_TARGET_NAMES = {
+    "protoseg": "ProtoSeg step / linear",
+    "contrast": "ContrastiveSeg step / linear",
+    "ppc": "PPC step / CAM",
+    "rca": "RCA step / CAM",
+}
+INFERENCE_RATIO_LIMIT = 1.03  # every head's inference time within 3 % of the linear head's
+CLASS_SCALING_LIMIT = 1.5  # prototype learning time at the most classes / at the fewest
+PIXEL_EXPONENT_LIMIT = 1.15  # prototype learning time ~ N^exponent: linear (not super-linear) in N
+
+
+def _check(target: str, measured: float | int | None, limit: str, met: bool | None) -> dict[str, Any]:
+    return {"target": target, "measured": measured, "limit": limit, "met": met}
+
+
+def _family_methods(results: dict[str, Any], suite: str, family: str) -> dict[str, Any]:
+    return results.get(suite, {}).get(family, {}).get("methods", {})
+
+
+def evaluate_targets(results: dict[str, Any], device_type: str) -> list[dict[str, Any]]:
+    """Every target the results can speak to, in a fixed order."""
+    checks: list[dict[str, Any]] = []
+    for method, limits in STEP_RATIO_LIMITS.items():
+        family = "wsss" if method in ("ppc", "rca") else "segmentation"
+        entry = _family_methods(results, "step", family).get(method)
+        limit = limits.get(device_type, limits["cpu"])
+        ratio = entry["ratio"] if entry else None
+        checks.append(
+            _check(
+                STEP_TARGET_NAMES[method],
+                ratio,
+                f"<= {limit:.2f}x",
+                None if ratio is None else ratio <= limit,
+            )
+        )
+    for method, entry in _family_methods(results, "inference", "segmentation").items():
+        if method == "linear":
+            continue
+        ratio = entry["ratio"]
+        checks.append(
+            _check(
+                f"inference {method} / linear",
+                ratio,
+                f"<= {INFERENCE_RATIO_LIMIT:.2f}x",
+                ratio <= INFERENCE_RATIO_LIMIT,
+            )
+        )
+    learning = results.get("scaling", {}).get("prototype_learning", {})
+    if "classes" in learning:
+        sweep = learning["classes"]
+        ratio = sweep["ratio_last_over_first"]
+        label = f"prototype learning C={sweep['sizes'][-1]} / C={sweep['sizes'][0]}"
+        checks.append(_check(label, ratio, f"<= {CLASS_SCALING_LIMIT:.2f}x", ratio <= CLASS_SCALING_LIMIT))
+    if "pixels" in learning:
+        exponent = learning["pixels"]["growth_exponent"]
+        checks.append(
+            _check(
+                "prototype learning growth exponent in N",
+                exponent,
+                f"<= {PIXEL_EXPONENT_LIMIT:.2f}",
+                exponent <= PIXEL_EXPONENT_LIMIT,
+            )
+        )
+    for family in ("segmentation", "wsss"):
+        baseline = results.get("sync", {}).get(family, {}).get("baseline")
+        for method, entry in _family_methods(results, "sync", family).items():
+            if method == baseline:
+                label, count = f"host syncs per step, {method} baseline (total)", entry["syncs"]
+            else:
+                label, count = (
+                    f"host syncs per step, {method} (its own: total - baseline)",
+                    entry["method_specific"],
+                )
+            checks.append(_check(label, count, "== 0", count == 0))
+    return checks
