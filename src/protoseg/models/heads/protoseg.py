@@ -92,7 +92,9 @@ class ProtoSegHead(nn.Module):
         similarities = embeddings @ prototypes.to(embeddings.dtype).t()  # (N, C * K)
         class_scores = similarities.view(-1, self.num_classes, self.num_prototypes).amax(dim=2)
         class_scores = self.mask_norm(class_scores)
-        logits = class_scores.view(batch, height, width, self.num_classes).permute(0, 3, 1, 2)
+        # contiguous: a channels-last view would make the full-resolution upsampling, its backward
+        # and the cross-entropy copy (B, C, H, W) tensors; copying the small logits here is cheaper
+        logits = class_scores.view(batch, height, width, self.num_classes).permute(0, 3, 1, 2).contiguous()
         outputs = {"logits": logits}
         if learning:
             labels = self._labels_at(target, height, width)
