@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import IGNORE_INDEX, SegmentationDataset, read_list_file, require_directory
+from .base import (
+    IGNORE_INDEX,
+    SegmentationDataset,
+    check_num_classes,
+    names_from_list_or_folder,
+    require_directory,
+)
 from .palette import ADE20K_CLASS_NAMES, voc_palette
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
@@ -38,14 +44,10 @@ class ADE20KDataset(SegmentationDataset):
             root = root / "ADEChallengeData2016"
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"ADE20K split must be one of {sorted(SPLIT_FOLDERS)}, got '{split}'")
-        if num_classes is not None and num_classes != len(ADE20K_CLASS_NAMES):
-            raise ValueError(f"ADE20K has {len(ADE20K_CLASS_NAMES)} classes, got num_classes={num_classes}")
+        check_num_classes("ADE20K", ADE20K_CLASS_NAMES, num_classes)
         folder = SPLIT_FOLDERS[split]
         image_dir = require_directory(root / "images" / folder, "ADE20K image folder")
-        if list_file is not None:
-            names = read_list_file(Path(list_file))
-        else:
-            names = sorted(path.stem for path in image_dir.glob("*.jpg"))
+        names = names_from_list_or_folder(list_file, image_dir)
         self.split = split
         super().__init__(
             root=root,

@@ -43,6 +43,21 @@ def read_list_file(path: Path) -> list[str]:
     return names
 
 
+def check_num_classes(dataset: str, class_names: Sequence[str], num_classes: int | None) -> None:
+    """A dataset with a fixed class list refuses a different ``num_classes`` from the config."""
+    if num_classes is not None and num_classes != len(class_names):
+        raise ValueError(f"{dataset} has {len(class_names)} classes, got num_classes={num_classes}")
+
+
+def names_from_list_or_folder(
+    list_file: str | Path | None, image_dir: Path, suffix: str = ".jpg"
+) -> list[str]:
+    """Image ids from ``list_file`` when given, else the sorted stems of ``image_dir/*<suffix>``."""
+    if list_file is not None:
+        return read_list_file(Path(list_file))
+    return sorted(path.stem for path in image_dir.glob(f"*{suffix}"))
+
+
 def read_class_names(path: Path) -> list[str]:
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import IGNORE_INDEX, SegmentationDataset, read_list_file, require_directory
+from .base import (
+    IGNORE_INDEX,
+    SegmentationDataset,
+    check_num_classes,
+    read_list_file,
+    require_directory,
+)
 from .palette import CITYSCAPES_CLASS_NAMES, CITYSCAPES_PALETTE
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -51,10 +57,7 @@ class CityscapesDataset(SegmentationDataset):
     ) -> None:
         root = require_directory(Path(root), "Cityscapes root")
         image_dir = require_directory(root / "leftImg8bit" / split, "Cityscapes image folder")
-        if num_classes is not None and num_classes != len(CITYSCAPES_CLASS_NAMES):
-            raise ValueError(
-                f"Cityscapes has {len(CITYSCAPES_CLASS_NAMES)} classes, got num_classes={num_classes}"
-            )
+        check_num_classes("Cityscapes", CITYSCAPES_CLASS_NAMES, num_classes)
         if list_file is not None:
             names = [name.removesuffix("_leftImg8bit") for name in read_list_file(Path(list_file))]
         else:

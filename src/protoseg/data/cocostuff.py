@@ -20,7 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import IGNORE_INDEX, SegmentationDataset, read_list_file, require_directory
+from .base import (
+    IGNORE_INDEX,
+    SegmentationDataset,
+    check_num_classes,
+    names_from_list_or_folder,
+    require_directory,
+)
 from .palette import COCO_STUFF_CLASS_NAMES, voc_palette
 
 SPLIT_FOLDERS = {"train": "train2017", "val": "val2017", "train2017": "train2017", "val2017": "val2017"}
@@ -62,17 +68,11 @@ class COCOStuffDataset(SegmentationDataset):
         root = require_directory(Path(root), "COCO-Stuff root")
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"COCO-Stuff split must be one of {sorted(SPLIT_FOLDERS)}, got '{split}'")
-        if num_classes is not None and num_classes != len(COCO_STUFF_CLASS_NAMES):
-            raise ValueError(
-                f"COCO-Stuff has {len(COCO_STUFF_CLASS_NAMES)} classes, got num_classes={num_classes}"
-            )
+        check_num_classes("COCO-Stuff", COCO_STUFF_CLASS_NAMES, num_classes)
         folder = SPLIT_FOLDERS[split]
         image_dir = require_directory(root / "images" / folder, "COCO-Stuff image folder")
         annotation_dir = root / "annotations" / folder
-        if list_file is not None:
-            names = read_list_file(Path(list_file))
-        else:
-            names = sorted(path.stem for path in image_dir.glob("*.jpg"))
+        names = names_from_list_or_folder(list_file, image_dir)
         self.mask_format = "train_ids" if _has_train_id_files(annotation_dir) else "raw"
         suffix = TRAIN_ID_SUFFIX if self.mask_format == "train_ids" else ".png"
         self.split = split
