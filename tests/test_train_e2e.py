@@ -187,3 +187,103 @@ def test_ddp_two_gloo_processes(shapes_root, tmp_path):
     assert state["iteration"] == 6
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(r["split"] == "val" for r in records)
+
+
+def test_wsss_pipeline_cli(shapes_root, tmp_path, capsys):
+    """Stage 1 from tags -> CAMs -> seed sweep -> pseudo labels -> stage 2 on the pseudo masks."""
+    stage1 = tmp_path / "cam_run"
+    sets = sum([["--set", item] for item in tiny_overrides(shapes_root, **{"train.val_interval": 6})], [])
+    assert (
+        main(
+            [
+                "train",
+                str(ROOT / "configs/shapes/wsss_cam.yaml"),
+                "--run-dir",
+                str(stage1),
+                "--no-progress",
+                *sets,
+            ]
+        )
+        == 0
+    )
+    cams = tmp_path / "cams"
+    assert (
+        main(
+            [
+                "cam",
+                str(stage1),
+                "--split",
+                "train",
+                "--out",
+                str(cams),
+                "--scales",
+                "1.0",
+                "1.5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    names = (shapes_root / "ImageSets/Segmentation/train.txt").read_text().split()
+    assert sorted(p.stem for p in cams.glob("*.npz")) == sorted(names)
+    # resumable: a second run writes nothing new
+    capsys.readouterr()
+    assert (
+        main(["cam", str(stage1), "--split", "train", "--out", str(cams), "--scales", "1.0", "--no-progress"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] == len(names)
+
+    assert (
+        main(["seeds-eval", str(cams), "--data", str(shapes_root), "--thresholds", "0.1:0.3:0.1", "--json"])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["thresholds"] == [0.1, 0.2, 0.3]
+    assert result["best_threshold"] in result["thresholds"]
+    assert max(result["miou"]) == result["best_metrics"]["mIoU"]
+    assert (cams / "seed_curve.png").is_file()
+
+    pseudo = tmp_path / "pseudo"
+    assert (
+        main(
+            [
+                "pseudo-label",
+                str(cams),
+                "--threshold",
+                str(result["best_threshold"]),
+                "--out",
+                str(pseudo),
+                "--data",
+                str(shapes_root),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    masks = sorted(pseudo.glob("*.png"))
+    assert [p.stem for p in masks] == sorted(names)
+    values = np.unique(np.concatenate([np.unique(np.asarray(Image.open(p))) for p in masks]))
+    assert set(values.tolist()) <= set(range(11)) | {255}
+
+    stage2 = tmp_path / "stage2"
+    assert (
+        main(
+            [
+                "train",
+                str(ROOT / "configs/shapes/wsss_stage2.yaml"),
+                "--run-dir",
+                str(stage2),
+                "--no-progress",
+                *sum(
+                    [
+                        ["--set", item]
+                        for item in tiny_overrides(shapes_root, **{"data.label_dir": str(pseudo)})
+                    ],
+                    [],
+                ),
+            ]
+        )
+        == 0
+    )
+    assert (stage2 / "checkpoints/last.pt").is_file()

@@ -157,8 +157,12 @@ def cmd_cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_by_name(dataset) -> dict[str, int]:
+    return {name: index for index, name in enumerate(dataset.names)}
+
+
 def _mask_loader(dataset):
-    index_by_name = {dataset.names[i]: i for i in range(len(dataset))}
+    index_by_name = _index_by_name(dataset)
 
     def load(name: str):
         if name not in index_by_name:
@@ -208,24 +212,24 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
         dataset = _wsss_dataset(cfg, args.split)
         palette = dataset.palette
         if args.crf:
-            index_by_name = {dataset.names[i]: i for i in range(len(dataset))}
+            index_by_name = _index_by_name(dataset)
 
             def image_loader(name: str):
                 import numpy as np
 
-                return np.asarray(dataset.load_raw(index_by_name[name])[0])
+                return np.asarray(dataset.load_image(index_by_name[name]).convert("RGB"))
 
     if palette is None:
         from .data.palette import voc_palette
 
         palette = voc_palette()
-    ignore_band = None if args.no_ignore else (tuple(args.ignore_band) if args.ignore_band else "default")
+    ignore_band = None if args.no_ignore else (tuple(args.ignore_band) if args.ignore_band else "auto")
     summary = write_pseudo_labels(
         args.cam_dir,
         args.out,
         args.threshold,
         palette,
-        **({} if ignore_band == "default" else {"ignore_band": ignore_band}),
+        ignore_band=ignore_band,
         crf=args.crf,
         image_loader=image_loader,
         progress=not args.no_progress,
