@@ -58,7 +58,7 @@ TTA_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import build_dataset, build_transforms
+    from .engine.datasets import build_split_dataset
     from .engine.evaluator import evaluate_cam_seeds, evaluate_segmentation
     from .engine.loading import config_for, find_checkpoint, load_trained_model
     from .ops.metrics import format_metrics_table
@@ -76,19 +76,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise SystemExit("protoseg eval: give --checkpoint when evaluating a config file")
     device = _device(cfg.train.device)
     model, cfg, _ = load_trained_model(checkpoint, device, cfg)
-    d = cfg.data
-    dataset = build_dataset(
-        d.name,
-        d.root,
-        args.split,
-        transforms=build_transforms(False, None, mean=tuple(d.mean), std=tuple(d.std)),
-        num_classes=d.num_classes,
-    )
+    dataset = build_split_dataset(cfg.data, args.split)
     if cfg.model.wsss:
         metrics = evaluate_cam_seeds(model, dataset, device, cfg.eval.cam_threshold, progress=not args.json)
     else:
         metrics = evaluate_segmentation(
-            model, dataset, device, cfg.eval, progress=not args.json, window=d.crop_size
+            model, dataset, device, cfg.eval, progress=not args.json, window=cfg.data.crop_size
         )
     metrics = {**metrics, "checkpoint": str(checkpoint), "split": args.split}
     if args.json:
@@ -118,22 +111,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # -- WSSS stages ----------------------------------------------------------------------------------
-def _wsss_dataset(cfg, split: str, root: str | None = None):
-    from .data import build_dataset, build_transforms
-
-    d = cfg.data
-    return build_dataset(
-        d.name,
-        root or d.root,
-        split,
-        transforms=build_transforms(False, None, mean=tuple(d.mean), std=tuple(d.std)),
-        use_aug=d.use_aug and split == d.train_split,
-        num_classes=d.num_classes,
-        **({"tag_file": d.tag_file} if d.tag_file else {}),
-    )
-
-
 def cmd_cam(args: argparse.Namespace) -> int:
+    from .engine.datasets import build_split_dataset
     from .engine.loading import config_for, find_checkpoint, load_trained_model
     from .wsss.cam_inference import run_cam_inference
 
@@ -143,7 +122,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     method, cfg, _ = load_trained_model(checkpoint, device, cfg)
     if not cfg.model.wsss:
         raise SystemExit(f"protoseg cam: {checkpoint} is not a CAM network (model.wsss is unset)")
-    dataset = _wsss_dataset(cfg, args.split)
+    dataset = build_split_dataset(cfg.data, args.split)
     summary = run_cam_inference(
         method.cams,
         dataset,
@@ -174,10 +153,11 @@ def _mask_loader(dataset):
 
 def cmd_seeds_eval(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .engine.datasets import build_split_dataset
     from .wsss.seeds import evaluate_seeds, format_seed_table, parse_thresholds, plot_seed_curve
 
     cfg = load_config(args.config, [f"data.name={args.dataset}", f"data.root={args.data}"] + (args.set or []))
-    dataset = _wsss_dataset(cfg, args.split)
+    dataset = build_split_dataset(cfg.data, args.split)
     names = sorted(p.stem for p in Path(args.cam_dir).glob("*.npz"))
     if not names:
         raise SystemExit(f"protoseg seeds-eval: no CAM files (*.npz) in {args.cam_dir}")
@@ -203,13 +183,14 @@ def cmd_seeds_eval(args: argparse.Namespace) -> int:
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .engine.datasets import build_split_dataset
     from .wsss.pseudo_label import write_pseudo_labels
 
     cfg = load_config(args.config, (args.set or []) + ([f"data.root={args.data}"] if args.data else []))
     image_loader = None
     palette = None
     if args.data or args.crf:
-        dataset = _wsss_dataset(cfg, args.split)
+        dataset = build_split_dataset(cfg.data, args.split)
         palette = dataset.palette
         if args.crf:
             index_by_name = _index_by_name(dataset)

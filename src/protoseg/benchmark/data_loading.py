@@ -8,6 +8,7 @@ the next ``batches`` batches.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -17,25 +18,16 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data import build_dataset, build_transforms
 from ..data.sampler import SeededSampler
 from ..data.shapes import generate_shapes
+from ..engine.datasets import build_split_dataset
 
 GENERATED_IMAGES = 64
 
 
 def _loader(cfg: Config, name: str, root: Path, workers: int) -> DataLoader:
-    d = cfg.data
-    transforms = build_transforms(
-        True,
-        tuple(d.crop_size),
-        scale_range=tuple(d.scale_range),
-        flip=d.flip,
-        color_jitter=d.color_jitter,
-        mean=tuple(d.mean),
-        std=tuple(d.std),
-    )
-    dataset = build_dataset(name, root, d.train_split, transforms=transforms)
+    data = dataclasses.replace(cfg.data, name=name, root=str(root))
+    dataset = build_split_dataset(data, data.train_split, train=True)
     sampler = SeededSampler(len(dataset), seed=cfg.train.seed, shuffle=True)
     return DataLoader(
         dataset, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers, drop_last=True

@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, config_to_dict, save_config
-from ..data import build_dataset, build_transforms
 from ..data.sampler import SeededSampler
 from ..models.builder import build_criterion, build_model
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .datasets import build_split_dataset
 from .distributed import DistributedContext, cleanup, init_distributed
 from .evaluator import evaluate_cam_seeds, evaluate_segmentation
 from .optim import build_optimizer, build_scheduler
@@ -59,37 +59,10 @@ def dataset_meta(dataset) -> dict[str, Any]:
     }
 
 
-def build_datasets(cfg: Config, val_only: bool = False):
+def build_datasets(cfg: Config) -> tuple:
     """(train, val) datasets of ``cfg.data``; the training set reads ``data.label_dir`` masks if set."""
-    d = cfg.data
-    eval_transforms = build_transforms(False, None, mean=tuple(d.mean), std=tuple(d.std))
-    tag_options = {"tag_file": d.tag_file} if d.tag_file else {}
-    val = build_dataset(
-        d.name, d.root, d.val_split, transforms=eval_transforms, num_classes=d.num_classes, **tag_options
-    )
-    if val_only:
-        return None, val
-    train_transforms = build_transforms(
-        True,
-        tuple(d.crop_size),
-        scale_range=tuple(d.scale_range),
-        flip=d.flip,
-        color_jitter=d.color_jitter,
-        mean=tuple(d.mean),
-        std=tuple(d.std),
-    )
-    train = build_dataset(
-        d.name,
-        d.root,
-        d.train_split,
-        transforms=train_transforms,
-        label_dir=d.label_dir,
-        use_aug=d.use_aug,
-        list_file=d.train_list,
-        num_classes=d.num_classes,
-        **tag_options,
-    )
-    return train, val
+    train = build_split_dataset(cfg.data, cfg.data.train_split, train=True)
+    return train, build_split_dataset(cfg.data, cfg.data.val_split)
 
 
 def model_num_classes(cfg: Config, dataset) -> int:

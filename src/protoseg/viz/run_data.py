@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..data import build_dataset, build_transforms
 from ..data.base import SegmentationDataset
+from ..engine.datasets import build_split_dataset
 from ..engine.loading import config_for, find_checkpoint, load_trained_model
 from ..models.heads.protoseg import ProtoSegHead
 
@@ -73,14 +73,7 @@ def open_run(
         )
     torch_device = resolve_device(device)
     model, cfg, meta = load_trained_model(checkpoint, torch_device, cfg)
-    data = cfg.data
-    dataset = build_dataset(
-        data.name,
-        data.root,
-        split,
-        transforms=build_transforms(False, None, mean=tuple(data.mean), std=tuple(data.std)),
-        num_classes=data.num_classes,
-    )
+    dataset = build_split_dataset(cfg.data, split)
     return TrainedRun(
         run_dir=run_dir,
         checkpoint=checkpoint,
