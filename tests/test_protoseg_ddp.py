@@ -14,9 +14,9 @@ from protoseg.prototypes import PrototypeBank
 NUM_CLASSES, NUM_PROTOTYPES, DIM, NUM_PIXELS, WORLD_SIZE = 5, 4, 8, 400, 2
 
 
-def make_bank() -> PrototypeBank:
+def make_bank(init: str = "random") -> PrototypeBank:
     return PrototypeBank(
-        NUM_CLASSES, NUM_PROTOTYPES, DIM, momentum=0.8, generator=torch.Generator().manual_seed(0)
+        NUM_CLASSES, NUM_PROTOTYPES, DIM, momentum=0.8, generator=torch.Generator().manual_seed(0), init=init
     )
 
 
@@ -57,11 +57,19 @@ def _worker(rank: int, port: int, result_path: str) -> None:
         bank = make_bank()
         assignments = bank.assign(embeddings[mine], labels[mine])
         bank.update(embeddings[mine], labels[mine], assignments, correct[mine])
+        data_bank = make_bank(init="data")
+        data_bank.update(embeddings[mine], labels[mine], assignments, correct[mine])
         head = make_head()
         features, target = make_images()
         head(features[rank : rank + 1], target[rank : rank + 1])
         torch.save(
-            {"bank": bank.prototypes, "assignments": assignments, "head": head.bank.prototypes},
+            {
+                "bank": bank.prototypes,
+                "assignments": assignments,
+                "head": head.bank.prototypes,
+                "data_bank": data_bank.prototypes,
+                "initialized": data_bank.initialized,
+            },
             f"{result_path}.{rank}",
         )
     finally:
@@ -95,6 +103,15 @@ def test_two_ranks_end_with_identical_global_batch_prototypes(tmp_path):
     reference.update(embeddings, labels, assignments, correct)
     torch.testing.assert_close(ranks[0]["bank"], reference.prototypes, atol=1e-6, rtol=0)
     assert (reference.prototypes[4] != before[4]).any()  # class 4 (rank 1 only) moved on rank 0 too
+
+    # init="data": every rank initialises the same prototypes from the global batch's pixels
+    assert torch.equal(ranks[0]["data_bank"], ranks[1]["data_bank"])
+    assert torch.equal(ranks[0]["initialized"], ranks[1]["initialized"])
+    data_reference = make_bank(init="data")
+    data_reference.update(embeddings, labels, assignments, correct)
+    torch.testing.assert_close(ranks[0]["data_bank"], data_reference.prototypes, atol=1e-6, rtol=0)
+    assert torch.equal(ranks[0]["initialized"], data_reference.initialized)
+    assert ranks[0]["initialized"][4].all()  # class 4's pixels were on rank 1 only
 
     # Without the all-reduce rank 0's head would only have learned from its own image.
     alone = make_head()

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -19,9 +20,9 @@ def recorded_ops(step) -> Counter:
     return Counter(event.name for event in prof.events() if event.name.startswith("aten::"))
 
 
-def head_training_step(num_classes: int):
+def head_training_step(num_classes: int, init: str = "random"):
     torch.manual_seed(0)
-    head = ProtoSegHead(8, num_classes, num_prototypes=4, proj_dim=8)
+    head = ProtoSegHead(8, num_classes, num_prototypes=4, proj_dim=8, init=init)
     criterion = ProtoSegLoss()
     features = torch.randn(2, 8, 6, 6)
     target = torch.randint(0, num_classes, (2, 12, 12))
@@ -49,8 +50,9 @@ def bank_standalone_step(num_classes: int):
     return step
 
 
-def test_head_training_step_has_no_host_sync_and_the_same_ops_for_19_and_150_classes():
-    small, large = recorded_ops(head_training_step(19)), recorded_ops(head_training_step(150))
+@pytest.mark.parametrize("init", ["random", "data"])
+def test_head_training_step_has_no_host_sync_and_the_same_ops_for_19_and_150_classes(init):
+    small, large = recorded_ops(head_training_step(19, init)), recorded_ops(head_training_step(150, init))
     assert not HOST_SYNC_OPS & set(small), HOST_SYNC_OPS & set(small)
     assert "aten::index_add_" in small and "aten::scatter_reduce_" in small  # the step was recorded
     assert small == large

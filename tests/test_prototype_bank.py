@@ -175,6 +175,46 @@ def test_update_matches_float64_reference_and_moves_only_prototypes_with_correct
     assert not received[3].any() and received.any()
 
 
+def test_data_init_sets_each_prototype_to_its_first_pixels_then_follows_the_momentum_rule():
+    num_classes, num_prototypes, dim = 4, 3, 6
+    bank = PrototypeBank(num_classes, num_prototypes, dim, momentum=0.9, init="data")
+    assert not bank.initialized.any() and "initialized" in bank.state_dict()
+    assert "initialized" not in PrototypeBank(num_classes, num_prototypes, dim).state_dict()
+    embeddings, labels, correct = random_pixels(80, num_classes, dim, seed=8)
+    labels[labels == 3] = 0  # class 3 receives nothing
+    assignments = bank.assign(embeddings, labels)
+    before = bank.prototypes.clone()
+    bank.update(embeddings, labels, assignments, correct)
+
+    # first update: the mean of ALL assigned pixels of the class (float64 loops), correct or not
+    received = torch.zeros(num_classes, num_prototypes, dtype=torch.bool)
+    expected = before.double().clone()
+    for c in range(num_classes):
+        for k in range(num_prototypes):
+            members = [embeddings[n].double() for n in range(80) if labels[n] == c and assignments[n] == k]
+            if members:
+                received[c, k] = True
+                expected[c, k] = F.normalize(torch.stack(members).sum(dim=0), dim=0)
+    assert not received[3].any() and received[:3].all()
+    assert torch.equal(bank.initialized, received)
+    torch.testing.assert_close(bank.prototypes.double(), expected, atol=1e-6, rtol=0)
+
+    # afterwards: initialised prototypes follow the momentum rule on correct pixels only; class 3,
+    # still pending, is initialised from all of its pixels
+    embeddings, labels, correct = random_pixels(80, num_classes, dim, seed=9)
+    assignments = bank.assign(embeddings, labels)
+    current = bank.prototypes.clone()
+    expected = reference_update(current, embeddings, labels, assignments, correct, 0.9)
+    for k in range(num_prototypes):
+        members = [embeddings[n].double() for n in range(80) if labels[n] == 3 and assignments[n] == k]
+        expected[3, k] = F.normalize(torch.stack(members).sum(dim=0), dim=0)
+    bank.update(embeddings, labels, assignments, correct)
+    torch.testing.assert_close(bank.prototypes.double(), expected, atol=1e-6, rtol=0)
+    assert bank.initialized.all()
+    with pytest.raises(ValueError, match="init"):
+        PrototypeBank(3, 2, 4, init="kmeans")
+
+
 def test_ignored_pixels_change_nothing():
     num_classes, num_prototypes, dim = 3, 4, 6
     bank = PrototypeBank(num_classes, num_prototypes, dim, momentum=0.5)

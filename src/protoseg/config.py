@@ -67,6 +67,7 @@ class ProtoSegConfig:
     ppc_weight: float = 0.01
     ppd_weight: float = 0.001
     temperature: float = 1.0  # released code: no temperature (tau = 1)
+    init: str = "random"  # random (paper) | data: first update sets each prototype to its pixels' mean
 
 
 @dataclass

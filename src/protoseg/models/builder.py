@@ -32,6 +32,7 @@ def _protoseg_kwargs(cfg: Config) -> dict:
         "assignment": p.assignment,
         "sinkhorn_epsilon": p.sinkhorn_epsilon,
         "sinkhorn_iters": p.sinkhorn_iters,
+        "init": p.init,
         "ignore_index": IGNORE_INDEX,
     }
 

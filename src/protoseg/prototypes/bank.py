@@ -20,6 +20,7 @@ from ..ops.sinkhorn import segmented_sinkhorn
 __all__ = ["PrototypeBank", "PrototypeAssignment", "IGNORED_ASSIGNMENT", "own_segment_products"]
 
 ASSIGNMENTS = ("argmax", "gumbel")
+INITIALIZATIONS = ("random", "data")
 IGNORED_ASSIGNMENT = -1
 """Prototype index given to pixels whose label is ignored (outside ``[0, C)``)."""
 
@@ -94,6 +95,12 @@ class PrototypeBank(nn.Module):
             Q treated as logits).
         generator: ``torch.Generator`` for the initialisation and the Gumbel draws (global RNG
             when None); best on the bank's device (otherwise the draws are copied there).
+        init: ``"random"`` (the paper and release: truncated normal, std 0.02, L2-normalised; the
+            prototypes then only move through the momentum update) or ``"data"``: the first update
+            of each prototype sets it to the normalised mean of ALL the pixels of its class that the
+            clustering assigned to it (correct or not), after which the momentum rule applies as
+            usual. The buffer ``initialized`` ``(C, K)`` (only with ``"data"``) records which
+            prototypes have had that first update; it is saved with the model.
     """
 
     prototypes: torch.Tensor
@@ -108,6 +115,7 @@ class PrototypeBank(nn.Module):
         sinkhorn_iters: int = 3,
         assignment: str = "argmax",
         generator: torch.Generator | None = None,
+        init: str = "random",
     ) -> None:
         super().__init__()
         for name, value in (("num_classes", num_classes), ("num_prototypes", num_prototypes), ("dim", dim)):
@@ -117,6 +125,8 @@ class PrototypeBank(nn.Module):
             raise ValueError(f"PrototypeBank momentum must be in [0, 1], got {momentum}")
         if assignment not in ASSIGNMENTS:
             raise ValueError(f"PrototypeBank assignment must be one of {ASSIGNMENTS}, got '{assignment}'")
+        if init not in INITIALIZATIONS:
+            raise ValueError(f"PrototypeBank init must be one of {INITIALIZATIONS}, got '{init}'")
         if not sinkhorn_epsilon > 0:
             raise ValueError(f"PrototypeBank sinkhorn_epsilon must be > 0, got {sinkhorn_epsilon}")
         if sinkhorn_iters < 1:
@@ -129,14 +139,17 @@ class PrototypeBank(nn.Module):
         self.sinkhorn_iters = sinkhorn_iters
         self.assignment = assignment
         self.generator = generator
+        self.init = init
         initial = torch.empty(num_classes, num_prototypes, dim)
         nn.init.trunc_normal_(initial, std=0.02, generator=generator)
         self.register_buffer("prototypes", F.normalize(initial, dim=-1))
+        if init == "data":
+            self.register_buffer("initialized", torch.zeros(num_classes, num_prototypes, dtype=torch.bool))
 
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, num_prototypes={self.num_prototypes}, dim={self.dim}, "
-            f"momentum={self.momentum}, assignment={self.assignment}"
+            f"momentum={self.momentum}, assignment={self.assignment}, init={self.init}"
         )
 
     def similarities(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -235,6 +248,8 @@ class PrototypeBank(nn.Module):
         For each (c, k) with at least one pixel n with ``labels[n] = c``, ``assignments[n] = k``
         and ``correct_mask[n]``: ``m = normalize(sum of those x_n)``,
         ``p_{c,k} <- normalize(gamma p_{c,k} + (1 - gamma) m)``; the others stay unchanged.
+        With ``init="data"``, a prototype not yet initialised takes ``p_{c,k} <- m`` instead, m over
+        all its assigned pixels of class c (``correct_mask`` is not required for it).
         Under ``torch.distributed`` (world size > 1) the per-(c, k) sums and counts are
         all-reduced first, so every rank applies the same update (that of the global batch).
 
@@ -246,15 +261,19 @@ class PrototypeBank(nn.Module):
             correct_mask: ``(N,)`` bool, pixels whose predicted class equals the label.
         """
         num_slots = self.num_classes * self.num_prototypes
-        contributes = (
-            self.valid_labels(labels)
-            & (assignments >= 0)
-            & (assignments < self.num_prototypes)
-            & correct_mask.bool()
-        )
+        assigned = self.valid_labels(labels) & (assignments >= 0) & (assignments < self.num_prototypes)
+        slots = labels * self.num_prototypes + assignments
+        pending = None
+        if self.init == "data":
+            pending = ~self.initialized.reshape(num_slots)
+            # a pending prototype takes all its pixels; the rest only the correctly predicted ones
+            takes_all = pending.index_select(0, torch.where(assigned, slots, torch.zeros_like(slots)))
+            contributes = assigned & (correct_mask.bool() | takes_all)
+        else:
+            contributes = assigned & correct_mask.bool()
         # Non-contributing pixels go to an extra dump slot: no masking multiply, so even
         # non-finite embeddings at ignored pixels cannot leak into the sums.
-        slots = torch.where(contributes, labels * self.num_prototypes + assignments, num_slots)
+        slots = torch.where(contributes, slots, num_slots)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             embeddings = embeddings.float()
             sums = torch.zeros(num_slots + 1, self.dim, dtype=torch.float32, device=embeddings.device)
@@ -269,5 +288,9 @@ class PrototypeBank(nn.Module):
             old = self.prototypes.reshape(num_slots, self.dim).float()
             mean_direction = F.normalize(sums, dim=1)
             moved = F.normalize(self.momentum * old + (1.0 - self.momentum) * mean_direction, dim=1)
-            new = torch.where((counts > 0).unsqueeze(1), moved, old)
+            received = counts > 0
+            if pending is not None:
+                moved = torch.where(pending.unsqueeze(1), mean_direction, moved)
+                self.initialized.logical_or_(received.view_as(self.initialized))
+            new = torch.where(received.unsqueeze(1), moved, old)
             self.prototypes.copy_(new.view_as(self.prototypes))

@@ -34,7 +34,7 @@ class ProtoSegHead(nn.Module):
         num_classes: C.
         num_prototypes: K per class.
         proj_dim: D of the embedding (``None``: D = Cin, as in the paper).
-        momentum, assignment, sinkhorn_epsilon, sinkhorn_iters, generator: see
+        momentum, assignment, sinkhorn_epsilon, sinkhorn_iters, generator, init: see
             :class:`~protoseg.prototypes.PrototypeBank`.
         ignore_index: label value of ignored pixels in ``target`` (any label outside
             ``[0, C)`` is ignored too).
@@ -52,6 +52,7 @@ class ProtoSegHead(nn.Module):
         sinkhorn_iters: int = 3,
         ignore_index: int = 255,
         generator: torch.Generator | None = None,
+        init: str = "random",
     ) -> None:
         super().__init__()
         dim = proj_dim or in_channels
@@ -72,6 +73,7 @@ class ProtoSegHead(nn.Module):
             sinkhorn_iters=sinkhorn_iters,
             assignment=assignment,
             generator=generator,
+            init=init,
         )
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
