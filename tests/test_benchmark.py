@@ -14,6 +14,7 @@ from protoseg.benchmark.data_loading import loader_throughput
 from protoseg.benchmark.host_sync import count_host_syncs
 from protoseg.benchmark.settings import ScalingSettings, preset_settings
 from protoseg.benchmark.steps import MethodBench
+from protoseg.benchmark.suites import inference_flops
 from protoseg.benchmark.tables import markdown_table
 from protoseg.benchmark.targets import evaluate_targets
 from protoseg.benchmark.timing import growth_exponent, interleaved_times, paired_ratio, rotated
@@ -223,3 +224,17 @@ def test_markdown_table_marks_verdicts_and_missing_values():
     lines = table.splitlines()
     assert lines[0].startswith("| name") and "1.235" in lines[2] and "PASS" in lines[2]
     assert "n/a" in lines[3] and "FAIL" in lines[3]
+
+
+def test_inference_flops_differ_by_exactly_the_protoseg_heads_matmuls():
+    settings = preset_settings("cpu", CPU, quick=True)
+    linear, protoseg = MethodBench("linear", settings), MethodBench("protoseg", settings)
+    with torch.no_grad():
+        features = protoseg.model.decoder(protoseg.model.backbone(protoseg.batch["image"]))
+    batch, cin, height, width = features.shape
+    pixels = batch * height * width
+    head = protoseg.model.head
+    dim, classes, prototypes = head.bank.dim, head.num_classes, head.num_prototypes
+    # proj (Cin -> Cin -> D) and the similarities (D -> C * K) against the linear classifier (Cin -> C)
+    expected = 2 * pixels * (cin * cin + cin * dim + dim * classes * prototypes - cin * classes)
+    assert inference_flops(protoseg) - inference_flops(linear) == expected

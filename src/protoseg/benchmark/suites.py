@@ -11,6 +11,7 @@ import statistics
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from .components import component_scaling
 from .data_loading import loader_throughput
@@ -82,8 +83,18 @@ def step_suite(pool: MethodPool) -> dict[str, Any]:
     return results
 
 
+def inference_flops(bench: MethodBench) -> int:
+    """Floating-point operations of one inference call on the bench's batch (matmuls and convolutions,
+    as counted by ``torch.utils.flop_counter``): what the architecture costs, whatever the device."""
+    with FlopCounterMode(display=False) as counter:
+        bench.infer()
+    return int(counter.get_total_flops())
+
+
 def inference_suite(pool: MethodPool) -> dict[str, Any]:
-    """Inference time and images/s of every method (``predict`` / CAMs), against the baseline."""
+    """Inference time and images/s of every method (``predict`` / CAMs), against the baseline, and
+    each method's FLOPs and FLOP ratio (the time ratio a device running every op at the same
+    efficiency would show)."""
     settings = pool.settings
     results: dict[str, Any] = {}
     for family in pool.families():
@@ -92,8 +103,11 @@ def inference_suite(pool: MethodPool) -> dict[str, Any]:
         times = interleaved_times(calls, settings.device, settings.warmup, settings.repeats)
         baseline = BASELINES[family]
         methods = compare_times(times, baseline)
+        flops = {name: inference_flops(bench) for name, bench in benches.items()}
         for name, values in methods.items():
             values["images_per_s"] = round(benches[name].batch_size / (values["median_ms"] / 1000.0), 2)
+            values["gflops"] = round(flops[name] / 1e9, 3)
+            values["flop_ratio"] = round(flops[name] / flops[baseline], 4) if flops[baseline] else None
         results[family] = {"baseline": baseline, **_family_settings(benches[baseline]), "methods": methods}
     return results
 

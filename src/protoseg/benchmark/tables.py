@@ -69,11 +69,20 @@ def inference_tables(inference: dict[str, Any]) -> str:
     parts = []
     for family, entry in inference.items():
         rows = [
-            [name, values["median_ms"], values["images_per_s"], values["ratio"], _quartiles(values)]
+            [
+                name,
+                values["median_ms"],
+                values["images_per_s"],
+                values["ratio"],
+                _quartiles(values),
+                values.get("gflops"),
+                values.get("flop_ratio"),
+            ]
             for name, values in entry["methods"].items()
         ]
         parts.append(f"Inference, {family} ({_setting_line(entry)}), time ratio to {entry['baseline']}:")
         headers = ["method", "median ms", "images/s", "time ratio", "per-round ratio IQR"]
+        headers += ["GFLOP", "FLOP ratio"]
         parts.append(markdown_table(headers, rows))
     return "\n\n".join(parts)
 
