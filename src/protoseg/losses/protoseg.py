@@ -36,7 +36,8 @@ def pixel_prototype_contrast_loss(
         temperature: tau of the paper's equation; the released code has none (tau = 1).
     """
     valid, targets = _valid_targets(proto_logits, proto_targets)
-    per_pixel = F.cross_entropy(proto_logits.float() / temperature, targets, reduction="none")
+    logits = proto_logits.float() if temperature == 1.0 else proto_logits.float() / temperature
+    per_pixel = F.cross_entropy(logits, targets, reduction="none")
     return _masked_mean(per_pixel, valid)
 
 

@@ -92,7 +92,12 @@ class ProtoSegHead(nn.Module):
             # keeps the prototypes for the backward of the similarities) must not see.
             prototypes = prototypes.clone()
         similarities = embeddings @ prototypes.to(embeddings.dtype).t()  # (N, C * K)
-        class_scores = similarities.view(-1, self.num_classes, self.num_prototypes).amax(dim=2)
+        per_prototype = similarities.view(-1, self.num_classes, self.num_prototypes)
+        if similarities.requires_grad:
+            # max with indices: its backward is one scatter, amax's (which splits ties) five passes
+            class_scores = per_prototype.max(dim=2).values
+        else:
+            class_scores = per_prototype.amax(dim=2)
         class_scores = self.mask_norm(class_scores)
         # contiguous: a channels-last view would make the full-resolution upsampling, its backward
         # and the cross-entropy copy (B, C, H, W) tensors; copying the small logits here is cheaper
