@@ -1,23 +1,37 @@
 """Time ContrastiveSeg's pixel-contrast loss (forward + backward) and the memory enqueue.
 
 Default: B=8, 128x128 embeddings, D=256, C=19, on CPU with one thread; prints the median of
-``--repeats`` timed runs after ``--warmup`` untimed ones, for the in-batch loss, the loss against a
-full memory (``--memory-size`` per class and queue), and the enqueue alone.
+``--repeats`` timed rounds after ``--warmup`` untimed ones, for the in-batch loss, the loss against a
+full memory (``--memory-size`` per class and queue), and the enqueue alone. The functions are timed in
+interleaved rounds (:mod:`protoseg.benchmark.timing`), so a change in machine load hits them alike.
 
-    PYTHONPATH=src python benchmarks/contrast_components.py [--memory-size 5000] [--device cpu]
+With ``--step METHOD`` (e.g. ``linear``, the built-in benchmark's default model) the training step of
+that method under the ``cpu`` preset of ``protoseg benchmark`` is timed in the same rounds, and the
+script prints "in-batch loss + enqueue" as a percentage of that step (the median of the per-round
+ratios).
+
+    PYTHONPATH=src python benchmarks/contrast_components.py [--memory-size 5000] [--step linear]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from protoseg.benchmark.steps import fill_pixel_queue
-from protoseg.benchmark.timing import median_seconds
+from protoseg.benchmark.settings import preset_settings
+from protoseg.benchmark.steps import MethodBench, fill_pixel_queue
+from protoseg.benchmark.timing import interleaved_times
 from protoseg.losses import PixelContrastLoss
 from protoseg.prototypes import PixelQueue
+
+IN_BATCH = "loss in-batch (fwd+bwd)"
+WITH_MEMORY = "loss vs memory (fwd+bwd) + enqueue"
+ENQUEUE = "enqueue alone"
 
 
 def main() -> None:
@@ -33,6 +47,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--step",
+        metavar="METHOD",
+        help="also time this method's training step (cpu preset of protoseg benchmark, e.g. linear) "
+        "and report loss + enqueue as a percentage of it",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -67,17 +87,31 @@ def main() -> None:
     def enqueue() -> None:
         memory.enqueue(embeddings.detach(), labels, generator)
 
+    functions: dict[str, Callable[[], object]] = {
+        IN_BATCH: in_batch,
+        WITH_MEMORY: with_memory,
+        ENQUEUE: enqueue,
+    }
+    step_name = None
+    if args.step:
+        bench = MethodBench(args.step, preset_settings("cpu", device))
+        step_name = f"{args.step} training step (cpu preset)"
+        functions[step_name] = bench.train_step
+
     print(
         f"B={args.batch} {args.size}x{args.size} D={args.dim} C={args.classes} memory={args.memory_size} "
-        f"device={device} threads={args.threads} (median of {args.repeats} after {args.warmup} warm-up)"
+        f"device={device} threads={args.threads} (median of {args.repeats} interleaved rounds after "
+        f"{args.warmup} warm-up; THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')})"
     )
-    steps = {
-        "loss in-batch (fwd+bwd)": in_batch,
-        "loss vs memory (fwd+bwd) + enqueue": with_memory,
-        "enqueue alone": enqueue,
-    }
-    for name, step in steps.items():
-        print(f"{name:38s} {1000 * median_seconds(step, device, args.warmup, args.repeats):9.1f} ms")
+    times = interleaved_times(functions, device, args.warmup, args.repeats)
+    for name, values in times.items():
+        print(f"{name:38s} {1000 * statistics.median(values):9.1f} ms")
+    both = [loss + queue for loss, queue in zip(times[IN_BATCH], times[ENQUEUE])]
+    line = f"{'in-batch loss + enqueue':38s} {1000 * statistics.median(both):9.1f} ms"
+    if step_name is not None:
+        share = statistics.median(part / step for part, step in zip(both, times[step_name]))
+        line += f" = {100 * share:.1f} % of a {step_name}"
+    print(line)
 
 
 if __name__ == "__main__":

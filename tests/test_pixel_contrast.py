@@ -155,6 +155,34 @@ def test_gradient_matches_finite_differences_float64():
     assert torch.autograd.gradcheck(against_queue, (anchors,))
 
 
+def test_closed_form_gradients_with_padding_float64():
+    """Both sides of a contrast set and the in-batch anchors, with padding rows and empty slots."""
+    generator = torch.Generator().manual_seed(9)
+    anchors = unit(8, 4, generator=generator, dtype=torch.float64).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 3, 1, 0])
+    anchor_valid = torch.tensor([True, True, True, False, True, True, True, False])
+    contrast = unit(9, 4, generator=generator, dtype=torch.float64).requires_grad_()
+    contrast_labels = torch.tensor([0, 1, 1, 2, 2, 3, 0, 1, 3])
+    contrast_valid = torch.tensor([True, True, False, True, True, False, True, True, True])
+    arguments = (0.2, 0.1)
+    loss = supervised_contrast(anchors, labels, contrast, contrast_labels, *arguments, anchor_valid,
+                               contrast_valid)  # fmt: skip
+    expected = reference_contrast(anchors.detach(), labels, contrast.detach(), contrast_labels, *arguments,
+                                  anchor_valid, contrast_valid)  # fmt: skip
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+    def against_contrast(a, x):
+        return supervised_contrast(a, labels, x, contrast_labels, *arguments, anchor_valid, contrast_valid)
+
+    assert torch.autograd.gradcheck(against_contrast, (anchors, contrast))
+    in_batch = lambda a: supervised_contrast(a, labels, anchor_valid=anchor_valid)  # noqa: E731
+    assert torch.autograd.gradcheck(in_batch, (anchors,))
+    in_batch(anchors).backward()
+    assert (anchors.grad[~anchor_valid] == 0).all() and (anchors.grad[anchor_valid] != 0).any()
+    # no gradient is computed (nor kept) without an input that requires it
+    assert not supervised_contrast(anchors.detach(), labels).requires_grad
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="anchors"):
         supervised_contrast(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))

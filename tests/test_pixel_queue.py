@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from protoseg.prototypes import PixelQueue
+from protoseg.prototypes.pixel_queue import order_by_code_at_random, resize_labels
 
 CLASSES, EXTRA = 4, 3
 DIM = CLASSES + EXTRA
@@ -162,3 +163,59 @@ def test_bad_input_raises():
         queue.enqueue(torch.zeros(2, 5, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="labels shape"):
         queue.enqueue(torch.zeros(2, 4, 4, 4), torch.zeros(3, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [((16, 12), (4, 3)), ((8, 8), (8, 8)), ((16, 16), (8, 4)), ((10, 7), (4, 3)), ((3, 5), (6, 10))],
+)
+def test_resize_labels_is_nearest_neighbour(source, target):
+    generator = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 2**26, (2, *source), generator=generator)  # beyond float32's exact range
+    resized = resize_labels(labels, target)
+    assert resized.dtype == torch.long and resized.shape == (2, *target) and resized.is_contiguous()
+    rows = [min(int(i * source[0] / target[0]), source[0] - 1) for i in range(target[0])]
+    cols = [min(int(j * source[1] / target[1]), source[1] - 1) for j in range(target[1])]
+    if source[0] % target[0] == 0 and source[1] % target[1] == 0:  # the exact strided path
+        assert torch.equal(resized, labels[:, rows][:, :, cols])
+    small = labels % 1000  # every path agrees with F.interpolate where float32 is exact
+    expected = F.interpolate(small.unsqueeze(1).float(), size=target, mode="nearest").squeeze(1).long()
+    assert torch.equal(resize_labels(small, target), expected)
+    assert torch.equal(expected, small[:, rows][:, :, cols])
+
+
+def test_order_by_code_at_random_groups_rows_and_shuffles_within_codes():
+    codes = torch.tensor([[2, 0, 1, 0, 2, 2, 1, 0], [0, 0, 0, 3, 3, 1, 0, 0]])
+    first = order_by_code_at_random(codes, 4, torch.Generator().manual_seed(0))
+    again = order_by_code_at_random(codes, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+    for row in range(2):
+        items = first[row].tolist()
+        assert sorted(items) == list(range(8 * row, 8 * row + 8)), "row b lists exactly row b's items"
+        sorted_codes = [int(codes.flatten()[item]) for item in items]
+        assert sorted_codes == sorted(int(code) for code in codes[row])
+    # within a code every order is equally likely: the first pixel of code 0 in row 0 (of 3)
+    generator = torch.Generator().manual_seed(1)
+    firsts = torch.stack([order_by_code_at_random(codes, 4, generator)[0, 0] for _ in range(600)])
+    counts = torch.bincount(firsts, minlength=8)
+    assert counts[[0, 2, 4, 5, 6]].sum() == 0
+    assert all(140 < int(counts[item]) < 260 for item in (1, 3, 7))  # 200 expected, sd 11.5
+    with pytest.raises(ValueError, match="code_limit"):
+        order_by_code_at_random(torch.zeros(4, 3, dtype=torch.long), 2**31)
+
+
+def test_enqueued_pixels_are_uniform_within_their_class():
+    """12 pixels of class 0 and P = 4: every pixel is written in about a third of the enqueues."""
+    label_map = torch.full((1, 4, 4), IGNORE)
+    label_map.view(-1)[:12] = 0
+    embeddings = torch.eye(16).view(1, 16, 4, 4)  # embedding of pixel p = unit vector p
+    queue = PixelQueue(1, 16, size=4, pixels_per_image=4)
+    generator = torch.Generator().manual_seed(2)
+    counts = torch.zeros(16, dtype=torch.long)
+    for _ in range(300):
+        queue.enqueue(embeddings, label_map, generator)
+        written = queue.pixel_queue[0].argmax(dim=1)
+        assert len(set(written.tolist())) == 4
+        counts += torch.bincount(written, minlength=16)
+    assert counts[12:].sum() == 0
+    assert all(70 < int(count) < 130 for count in counts[:12])  # 100 expected, sd 8.2

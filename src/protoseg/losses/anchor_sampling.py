@@ -8,9 +8,10 @@ from the other set when one is short; the random sampler draws uniformly within 
 
 ``n_view`` depends on the data, so it never becomes a shape: every (image, class) slot has
 ``max_views`` views and a validity mask keeps the first ``n_view``. The selection is computed for all
-images and classes at once with one random permutation and one stable sort per image (groups of
-pixels by (class, hard/easy), random order inside each group), then ranks inside each group; no
-Python loop over images or classes and no device -> host synchronisation. Samplers return indices
+images and classes at once with one sort of random keys (pixels grouped by image and
+(class, hard/easy), random order inside each group) and per-group pixel counts, which locate every
+view of every slot in the sorted order; no Python loop over images or classes and no device -> host
+synchronisation. Samplers return indices
 (:meth:`AnchorSampler.sample_indices`); :func:`pack_anchor_indices` compacts the valid views into
 ``max_samples`` rows so that the pairwise contrast costs ``max_samples^2``, not ``(A * V)^2``.
 """
@@ -21,8 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-# Sort key of ignored pixels: larger than the key (2 * class + is_easy) of any real class.
-_IGNORED_KEY = 2**62
+from ..prototypes.pixel_queue import order_by_code_at_random
 
 
 class AnchorIndices(NamedTuple):
@@ -189,55 +189,76 @@ def _sample_anchor_indices(
     ignored = (labels == sampler.ignore_index) | (labels < 0)
     if num_classes is not None:
         ignored = ignored | (labels >= num_classes)
+        class_index, class_count, label_of_class = labels, num_classes, None
+    else:
+        class_index, label_of_class = _dense_class_index(labels, ignored)
+        class_count = pixels
     is_easy = torch.zeros_like(ignored) if easy is None else easy & ~ignored
-    keys = (labels * 2 + is_easy.long()).masked_fill(ignored, _IGNORED_KEY)
 
-    # Random order first, then a stable sort by key: groups by (class, hard/easy), hard first,
-    # random order inside each group.
-    random_order = torch.rand(batch, pixels, generator=generator, device=device).argsort(dim=1)
-    sorted_keys, order = keys.gather(1, random_order).sort(dim=1, stable=True)
-    pixel_of_position = random_order.gather(1, order)
-    sorted_labels = torch.div(sorted_keys, 2, rounding_mode="floor")
+    # Codes 2 * class + is_easy (ignored pixels last): each sorted row holds, per class, its hard pixels
+    # then its easy ones, in random order; group (b, code) starts after the smaller codes of image b.
+    ignored_code = 2 * class_count
+    codes = (class_index * 2 + is_easy.long()).masked_fill(ignored, ignored_code)
+    item = order_by_code_at_random(codes, ignored_code + 1, generator)
+    counts = torch.zeros(batch, ignored_code + 1, dtype=torch.long, device=device)
+    counts.scatter_add_(1, codes, torch.ones_like(codes))
+    group_start = counts.cumsum(dim=1) - counts
+    num_hard, num_easy = counts[:, 0:ignored_code:2], counts[:, 1:ignored_code:2]  # (B, K)
+    hard_start, easy_start = group_start[:, 0:ignored_code:2], group_start[:, 1:ignored_code:2]
 
-    class_start = torch.searchsorted(sorted_keys, sorted_labels * 2, side="left")
-    easy_start = torch.searchsorted(sorted_keys, sorted_labels * 2 + 1, side="left")
-    class_end = torch.searchsorted(sorted_keys, sorted_labels * 2 + 1, side="right")
-    position = torch.arange(pixels, device=device).expand(batch, pixels)
-    num_hard = easy_start - class_start
-    num_easy = class_end - easy_start
-
-    qualifies = (sorted_keys != _IGNORED_KEY) & (class_end - class_start > views)
-    is_group_start = qualifies & (position == class_start)
-    n_anchor_classes = is_group_start.sum()
+    qualifies = num_hard + num_easy > views
+    n_anchor_classes = qualifies.sum()
     per_class = torch.div(sampler.max_samples, n_anchor_classes.clamp_min(1), rounding_mode="floor")
     n_view = per_class.clamp(max=views)
-
     # Half hard, half easy; a short set is taken whole and the other tops it up (released rule).
     hard_keep = torch.minimum(num_hard, torch.maximum(n_view // 2, n_view - num_easy))
-    easy_keep = n_view - hard_keep
-    in_hard = position < easy_start
-    rank = torch.where(in_hard, position - class_start, position - easy_start)
-    selected = qualifies & torch.where(in_hard, rank < hard_keep, rank < easy_keep)
-    view = torch.where(in_hard, rank, hard_keep + rank)
 
-    group_rank = is_group_start.long().cumsum(dim=1).gather(1, class_start) - 1
-    selected = selected & (group_rank < slots)
-    slot = torch.arange(batch, device=device).unsqueeze(1) * slots + group_rank
+    # Slot of a qualifying class: image-major, classes in ascending order.
+    rank = qualifies.long().cumsum(dim=1) - 1
+    in_slot = qualifies & (rank < slots)
+    image = torch.arange(batch, device=device).unsqueeze(1)
+    slot_target = torch.where(in_slot, image * slots + rank, total_slots).flatten()
+    class_position = torch.arange(batch * class_count, device=device)  # flat (image, class)
+    source = torch.zeros(total_slots + 1, dtype=torch.long, device=device)
+    source = source.scatter_(0, slot_target, class_position)[:total_slots]
+    filled = torch.zeros(total_slots + 1, dtype=torch.bool, device=device)
+    filled = filled.scatter_(0, slot_target, in_slot.flatten())[:total_slots]
 
-    dump = total_slots * views
-    target = torch.where(selected, slot * views + view, dump).flatten()
-    flat_pixel = (torch.arange(batch, device=device).unsqueeze(1) * pixels + pixel_of_position).flatten()
-    pixel_index = torch.zeros(dump + 1, dtype=torch.long, device=device).scatter_(0, target, flat_pixel)
-    valid = torch.zeros(dump + 1, dtype=torch.bool, device=device).scatter_(0, target, selected.flatten())
-
-    slot_target = torch.where(is_group_start & (group_rank < slots), slot, total_slots).flatten()
-    slot_labels = torch.full((total_slots + 1,), sampler.ignore_index, dtype=torch.long, device=device)
-    slot_labels.scatter_(0, slot_target, sorted_labels.flatten())
-    return AnchorIndices(
-        pixel_index=pixel_index[:dump].view(total_slots, views) * valid[:dump].view(total_slots, views),
-        labels=slot_labels[:total_slots],
-        valid=valid[:dump].view(total_slots, views),
+    # View v of a slot: hard pixel v for v < hard_keep, else easy pixel v - hard_keep.
+    view = torch.arange(views, device=device)
+    slot_hard_keep = hard_keep.flatten()[source].unsqueeze(1)
+    offset = torch.where(
+        view < slot_hard_keep,
+        hard_start.flatten()[source].unsqueeze(1) + view,
+        easy_start.flatten()[source].unsqueeze(1) + view - slot_hard_keep,
     )
+    valid = filled.unsqueeze(1) & (view < n_view)
+    slot_image = torch.div(source, class_count, rounding_mode="floor").unsqueeze(1)
+    sorted_position = torch.where(valid, slot_image * pixels + offset, 0)
+    pixel_index = torch.where(valid, item.flatten()[sorted_position], 0)
+
+    slot_class = source % class_count
+    if label_of_class is not None:
+        slot_class = label_of_class.flatten()[source]
+    slot_labels = torch.where(filled, slot_class, sampler.ignore_index)
+    return AnchorIndices(pixel_index=pixel_index, labels=slot_labels, valid=valid)
+
+
+def _dense_class_index(labels: torch.Tensor, ignored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Without a class count: per image, the rank of each pixel's label among the image's labels.
+
+    Returns ``class_index`` (B, HW) in [0, HW) (anything for ignored pixels) and ``label_of_class``
+    (B, HW), the label of each rank (meaningful for the ranks in use).
+    """
+    masked = labels.masked_fill(ignored, torch.iinfo(torch.long).max)
+    sorted_labels, order = masked.sort(dim=1)
+    is_new = torch.ones_like(ignored)
+    is_new[:, 1:] = sorted_labels[:, 1:] != sorted_labels[:, :-1]
+    sorted_rank = is_new.long().cumsum(dim=1) - 1
+    class_index = torch.empty_like(sorted_rank).scatter_(1, order, sorted_rank)
+    # equal ranks carry equal labels, so the repeated writes agree
+    label_of_class = torch.zeros_like(sorted_rank).scatter_(1, sorted_rank, sorted_labels)
+    return class_index, label_of_class
 
 
 def pack_anchor_indices(indices: AnchorIndices, capacity: int) -> AnchorIndices:

@@ -53,35 +53,95 @@ def supervised_contrast(
         raise ValueError(f"temperatures must be > 0, got {temperature} and {base_temperature}")
 
     compute_dtype = torch.promote_types(anchors.dtype, torch.float32)
+    if anchor_valid is None:
+        anchor_valid = torch.ones_like(anchor_labels, dtype=torch.bool)
+    if contrast is not None and contrast_valid is None:
+        contrast_valid = torch.ones_like(contrast_labels, dtype=torch.bool)
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         anchors = anchors.to(compute_dtype)
-        if anchor_valid is None:
-            anchor_valid = torch.ones_like(anchor_labels, dtype=torch.bool)
-        exclude_self = contrast is None
-        if contrast is None:
-            contrast, contrast_labels, contrast_valid = anchors, anchor_labels, anchor_valid
-        else:
+        if contrast is not None:
             contrast = contrast.to(compute_dtype)
-        if contrast_valid is None:
-            contrast_valid = torch.ones_like(contrast_labels, dtype=torch.bool)
+        return _SupervisedContrast.apply(
+            anchors, contrast, anchor_labels, contrast_labels, anchor_valid, contrast_valid,
+            temperature, base_temperature,
+        )  # fmt: skip
 
-        logits = anchors @ contrast.T / temperature
-        pair_valid = anchor_valid.unsqueeze(1) & contrast_valid.unsqueeze(0)
-        same_class = anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)
-        positive = same_class & pair_valid
+
+class _SupervisedContrast(torch.autograd.Function):
+    """Eq. 3 with its closed-form gradient, so autograd keeps one (M, N) matrix instead of a dozen.
+
+    With ``s = <a, x> / tau``, ``n_a = logsumexp_{k in N_a} s_ak`` and ``w_a`` the weight of anchor a in
+    the final mean (``tau / base_tau / (|P_a| * #anchors with a positive)``, 0 without a positive):
+    ``dL/ds_ap = -w_a sigmoid(n_a - s_ap)`` for positives and
+    ``dL/ds_an = w_a softmax_{N_a}(s_a)_n * sum_p sigmoid(n_a - s_ap)`` for negatives. The backward is
+    then one matmul: ``dL/dA = (G + G^T) A / tau`` in-batch (``contrast`` None, the anchors are both
+    sides), ``dL/dA = G X / tau`` and ``dL/dX = G^T A / tau`` against a contrast set X.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        anchors: torch.Tensor,
+        contrast: torch.Tensor | None,
+        anchor_labels: torch.Tensor,
+        contrast_labels: torch.Tensor | None,
+        anchor_valid: torch.Tensor,
+        contrast_valid: torch.Tensor | None,
+        temperature: float,
+        base_temperature: float,
+    ) -> torch.Tensor:
+        exclude_self = contrast is None
         if exclude_self:
-            positive = positive & ~torch.eye(len(anchors), dtype=torch.bool, device=anchors.device)
-        negative = ~same_class & pair_valid
+            contrast, contrast_labels, contrast_valid = anchors, anchor_labels, anchor_valid
+        lowest = torch.finfo(anchors.dtype).min
+        logits = torch.mm(anchors * (1.0 / temperature), contrast.T)
+        same_class = anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)
+        not_negative = same_class | ~contrast_valid.unsqueeze(0)
+        positive = same_class & contrast_valid.unsqueeze(0)
+        if exclude_self:
+            positive.diagonal().fill_(False)
+        positive = positive.to(logits.dtype)
 
-        # A row without negatives gets a finite "log 0" so that softplus -> 0 and gradients stay finite.
-        lowest = torch.finfo(compute_dtype).min
-        negative_logsumexp = logits.masked_fill(~negative, lowest).logsumexp(dim=1, keepdim=True)
-        pair_loss = F.softplus(negative_logsumexp - logits)
+        # Negatives: exp(s - max) in place, 0 elsewhere. A row without negatives gets a finite "log 0"
+        # (lowest), so its pair losses are softplus(-huge) = 0 with zero gradient.
+        negative_exp = torch.where(not_negative, lowest, logits)
+        row_max = negative_exp.amax(dim=1, keepdim=True)
+        negative_exp = negative_exp.sub_(row_max).exp_()
+        negative_sum = negative_exp.sum(dim=1, keepdim=True)
+        # finite everywhere (logits are finite and the log-sum-exp is >= lowest), so masks can multiply
+        margin = torch.sub(row_max + negative_sum.log(), logits)
+        pair_loss = F.softplus(margin).mul_(positive)
+
         positive_count = positive.sum(dim=1)
-        per_anchor = torch.where(positive, pair_loss, 0.0).sum(dim=1) / positive_count.clamp_min(1)
-        per_anchor = per_anchor * (temperature / base_temperature)
-        has_positive = positive_count > 0
-        return torch.where(has_positive, per_anchor, 0.0).sum() / has_positive.sum().clamp_min(1)
+        has_positive = (positive_count > 0) & anchor_valid
+        weight = (temperature / base_temperature) / positive_count.clamp_min(1)
+        weight = torch.where(has_positive, weight, 0.0) / has_positive.sum().clamp_min(1)
+        loss = (pair_loss.sum(dim=1) * weight).sum()
+
+        if any(ctx.needs_input_grad[:2]):
+            positive_sigmoid = torch.sigmoid(margin).mul_(positive)
+            negative_scale = weight * positive_sigmoid.sum(dim=1) / negative_sum.squeeze(1)
+            pair_gradient = negative_exp.mul_(negative_scale.unsqueeze(1))
+            pair_gradient = pair_gradient.sub_(positive_sigmoid.mul_(weight.unsqueeze(1)))
+            ctx.save_for_backward(pair_gradient, anchors, None if exclude_self else contrast)
+            ctx.temperature = temperature
+            ctx.exclude_self = exclude_self
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor) -> tuple:
+        pair_gradient, anchors, contrast = ctx.saved_tensors
+        scale = grad_output / ctx.temperature
+        grad_anchors = grad_contrast = None
+        if ctx.exclude_self:
+            grad_anchors = torch.mm(pair_gradient + pair_gradient.T, anchors).mul_(scale)
+        else:
+            if ctx.needs_input_grad[0]:
+                grad_anchors = torch.mm(pair_gradient, contrast).mul_(scale)
+            if ctx.needs_input_grad[1]:
+                grad_contrast = torch.mm(pair_gradient.T, anchors).mul_(scale)
+        return grad_anchors, grad_contrast, None, None, None, None, None, None
 
 
 def memory_contrast(

@@ -15,15 +15,55 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+# Interleaved accumulators per (image, channel, class) for the segment sums.
+_SUM_LANES = 8
+
 
 def resize_labels(labels: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Nearest-neighbour resize of ``labels`` (B, H', W') to ``size`` = (H, W); returns int64 (B, H, W)."""
+    """Nearest-neighbour resize of ``labels`` (B, H', W') to ``size`` = (H, W); returns int64 (B, H, W).
+
+    Same result as ``F.interpolate(..., mode="nearest")`` (source index ``floor(i * H' / H)``); an
+    integer down-scaling factor is a strided view (no float round trip, exact for any label value).
+    """
     if labels.dim() != 3:
         raise ValueError(f"labels must be (B, H, W), got shape {tuple(labels.shape)}")
-    if tuple(labels.shape[-2:]) == tuple(size):
+    (in_height, in_width), (height, width) = labels.shape[-2:], tuple(size)
+    if (in_height, in_width) == (height, width):
         return labels.long()
-    resized = F.interpolate(labels.unsqueeze(1).float(), size=tuple(size), mode="nearest")
+    if in_height % height == 0 and in_width % width == 0:
+        return labels[:, :: in_height // height, :: in_width // width].long().contiguous()
+    resized = F.interpolate(labels.unsqueeze(1).float(), size=(height, width), mode="nearest")
     return resized.squeeze(1).long()
+
+
+# Random bits below the (image, code) part of a sort key: with 2^-31 tie odds the order within a group
+# is uniform.
+RANDOM_KEY_BITS = 31
+
+
+def order_by_code_at_random(
+    codes: torch.Tensor, code_limit: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Order the N items of each row of ``codes`` (B, N) by code, uniformly at random within a code.
+
+    ``codes`` are int64 in ``[0, code_limit)``. Returns ``item`` (B, N): row b lists the flat indices
+    (into the B * N items) of row b's items, codes ascending, so the items of code k in row b are
+    ``item[b, start : start + count]`` with ``start`` the number of items of row b with a smaller code.
+    One 1-D sort of the int64 keys ``(image, code, 31 random bits)`` (a radix sort on CPU) replaces a
+    random permutation followed by a stable sort by code; equal keys (odds 2^-31 per pair) keep their
+    index order.
+    """
+    batch, count = codes.shape
+    if batch * code_limit > 2 ** (63 - RANDOM_KEY_BITS):
+        raise ValueError(
+            f"order_by_code_at_random: batch {batch} x code_limit {code_limit} "
+            f"exceeds 2^{63 - RANDOM_KEY_BITS}"
+        )
+    device = codes.device
+    random_bits = torch.randint(0, 2**RANDOM_KEY_BITS, (batch, count), generator=generator, device=device)
+    image_offset = torch.arange(batch, device=device).unsqueeze(1) * code_limit
+    keys = ((image_offset + codes) << RANDOM_KEY_BITS) | random_bits
+    return keys.flatten().sort(stable=True).indices.view(batch, count)
 
 
 def gather_from_all_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -122,37 +162,32 @@ class PixelQueue(nn.Module):
         # channels-first (B, D, HW): indexed directly, never transposed into a full copy
         channels_first = embeddings.flatten(2).to(self.segment_queue.dtype)
         known = (flat_labels >= 0) & (flat_labels < classes)
-        image = torch.arange(batch, device=device).unsqueeze(1)
 
         # Segment items: sum and count per (image, class); column ``classes`` collects ignored pixels.
+        # Pixel p adds into lane p % LANES of its class: neighbouring pixels (often of the same class)
+        # then update different accumulators instead of waiting on one (about 2.5x faster on CPU).
         column = flat_labels.masked_fill(~known, classes)
-        sums = channels_first.new_zeros(batch, dim, classes + 1)
-        sums.scatter_add_(2, column.unsqueeze(1).expand(batch, dim, pixels_per_map), channels_first)
+        lane = torch.arange(pixels_per_map, device=device) % _SUM_LANES
+        lane_column = (column * _SUM_LANES + lane).unsqueeze(1).expand(batch, dim, pixels_per_map)
+        sums = channels_first.new_zeros(batch, dim, (classes + 1) * _SUM_LANES)
+        sums = sums.scatter_add_(2, lane_column, channels_first).view(batch, dim, classes + 1, _SUM_LANES)
         counts = torch.zeros(batch, classes + 1, dtype=torch.long, device=device)
         counts.scatter_add_(1, column, torch.ones_like(column))
-        segments = F.normalize(sums[:, :, :classes].transpose(1, 2), dim=2)
+        segments = F.normalize(sums[:, :, :classes].sum(dim=3).transpose(1, 2), dim=2)
         segment_valid = counts[:, :classes] > 0
 
-        # Pixel items: random order, stable sort by class, keep the first P of each class.
-        random_order = torch.rand(batch, pixels_per_map, generator=generator, device=device).argsort(dim=1)
-        sorted_key, order = column.gather(1, random_order).sort(dim=1, stable=True)
-        pixel_of_position = random_order.gather(1, order)
-        rank = torch.arange(pixels_per_map, device=device) - torch.searchsorted(sorted_key, sorted_key)
-        chosen = (sorted_key < classes) & (rank < per_image)
-        dump = batch * classes * per_image
-        target = torch.where(chosen, (image * classes + sorted_key) * per_image + rank, dump).flatten()
-        source = (image * pixels_per_map + pixel_of_position).flatten()
-        pixel_index = torch.zeros(dump + 1, dtype=torch.long, device=device).scatter_(0, target, source)[:-1]
-        pixel_valid = torch.zeros(dump + 1, dtype=torch.bool, device=device)
-        pixel_valid.scatter_(0, target, chosen.flatten())
-        image_of_item = torch.div(pixel_index, pixels_per_map, rounding_mode="floor")
-        pixels = F.normalize(channels_first[image_of_item, :, pixel_index % pixels_per_map], dim=1)
-        return (
-            segments,
-            segment_valid,
-            pixels.view(batch, classes, per_image, dim),
-            pixel_valid[:-1].view(batch, classes, per_image),
-        )
+        # Pixel items: the pixels of each image grouped by class in random order; the first P of each
+        # class (all when it has fewer) are taken.
+        item = order_by_code_at_random(column, classes + 1, generator)
+        class_start = (counts.cumsum(dim=1) - counts)[:, :classes]
+        rank = torch.arange(per_image, device=device)
+        pixel_valid = rank < counts[:, :classes].unsqueeze(2)
+        position = (class_start.unsqueeze(2) + rank).clamp(max=pixels_per_map - 1)
+        pixel_of_item = item.gather(1, position.view(batch, classes * per_image)) % pixels_per_map
+        # one gather per image row (better locality than indexing (image, :, pixel))
+        index = pixel_of_item.unsqueeze(1).expand(batch, dim, classes * per_image)
+        pixels = F.normalize(channels_first.gather(2, index).transpose(1, 2), dim=2)
+        return segments, segment_valid, pixels.reshape(batch, classes, per_image, dim), pixel_valid
 
     def contrast_banks(self, snapshot: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(segment_queue, segment_valid), (pixel_queue, pixel_valid)]``: queues (C, size, D) with
