@@ -20,14 +20,19 @@ import os
 import statistics
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
+from protoseg.launcher import PROCESS_DEFAULTS
 
-from protoseg.benchmark.settings import preset_settings
-from protoseg.benchmark.steps import MethodBench, fill_pixel_queue
-from protoseg.benchmark.timing import interleaved_times
-from protoseg.losses import PixelContrastLoss
-from protoseg.prototypes import PixelQueue
+for _name, _value in PROCESS_DEFAULTS.items():  # as the protoseg command does, before torch is imported
+    os.environ.setdefault(_name, _value)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from protoseg.benchmark.settings import preset_settings  # noqa: E402
+from protoseg.benchmark.steps import MethodBench, fill_pixel_queue  # noqa: E402
+from protoseg.benchmark.timing import interleaved_times  # noqa: E402
+from protoseg.losses import PixelContrastLoss  # noqa: E402
+from protoseg.prototypes import PixelQueue  # noqa: E402
 
 IN_BATCH = "loss in-batch (fwd+bwd)"
 WITH_MEMORY = "loss vs memory (fwd+bwd) + enqueue"

@@ -238,3 +238,28 @@ def test_inference_flops_differ_by_exactly_the_protoseg_heads_matmuls():
     # proj (Cin -> Cin -> D) and the similarities (D -> C * K) against the linear classifier (Cin -> C)
     expected = 2 * pixels * (cin * cin + cin * dim + dim * classes * prototypes - cin * classes)
     assert inference_flops(protoseg) - inference_flops(linear) == expected
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_the_command_enables_huge_page_cpu_allocations_before_importing_torch(preset, expected):
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from protoseg import launcher\n"
+        "assert 'torch' not in sys.modules\n"
+        "try:\n"
+        "    launcher.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' in sys.modules\n"
+        "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    command = [sys.executable, "-c", script]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == expected

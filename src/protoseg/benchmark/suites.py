@@ -186,6 +186,7 @@ def environment(settings: BenchmarkSettings, quick: bool) -> dict[str, Any]:
         "num_classes": settings.num_classes,
         "wsss_num_classes": settings.wsss_num_classes,
         "overrides": settings.user_overrides,
+        "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"),
     }
 
 
