@@ -107,6 +107,65 @@ def test_memory_contrast_equals_flat_contrast_and_reference():
     assert nothing.item() == 0.0 and nothing.requires_grad
 
 
+def naive_memory_contrast(anchors, labels, banks, temperature, base_temperature, anchor_valid):
+    """Eq. 3 against class-structured queues, one anchor and queue row at a time, float64 autograd."""
+    rows = [
+        (queue[c, s].double(), c)
+        for queue, valid in banks
+        for c in range(queue.shape[0])
+        for s in range(queue.shape[1])
+        if valid[c, s]
+    ]  # fmt: skip
+    per_anchor = []
+    for a, label in enumerate(labels.tolist()):
+        positives = [row for row, c in rows if c == label]
+        if not anchor_valid[a] or not positives:
+            continue
+        negative_sum = sum((torch.exp(anchors[a] @ row / temperature) for row, c in rows if c != label),
+                           torch.zeros((), dtype=torch.float64))  # fmt: skip
+        terms = []
+        for row in positives:
+            positive = torch.exp(anchors[a] @ row / temperature)
+            terms.append(-torch.log(positive / (positive + negative_sum)))
+        per_anchor.append(temperature / base_temperature * torch.stack(terms).mean())
+    return torch.stack(per_anchor).mean() if per_anchor else anchors.sum() * 0
+
+
+@pytest.mark.parametrize("only_class_zero_in_memory", [False, True])
+def test_memory_contrast_gradient_equals_float64_brute_force(only_class_zero_in_memory):
+    generator = torch.Generator().manual_seed(13)
+    classes, dim = 4, 6
+    banks = [
+        (unit(classes, 3, dim, generator=generator), torch.rand(classes, 3, generator=generator) > 0.3),
+        (unit(classes, 5, dim, generator=generator), torch.rand(classes, 5, generator=generator) > 0.3),
+    ]
+    for _, valid in banks:
+        valid[2] = False  # class 2: empty queue, its anchors have no positive
+        valid[0, 0] = True
+        if only_class_zero_in_memory:  # class-0 anchors then have positives but no negative at all
+            valid[1:] = False
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 3, 1, 2])
+    anchor_valid = torch.arange(12) != 4
+    temperatures = (0.07, 0.1)
+    anchors = unit(12, dim, generator=generator, dtype=torch.float64)
+    for dtype, tolerance in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        given = anchors.to(dtype).requires_grad_()
+        loss = memory_contrast(given, labels, banks, *temperatures, anchor_valid)
+        (gradient,) = torch.autograd.grad(loss, given)
+        expected_anchors = anchors.clone().requires_grad_()
+        expected = naive_memory_contrast(expected_anchors, labels, banks, *temperatures, anchor_valid)
+        (expected_gradient,) = torch.autograd.grad(expected, expected_anchors)
+        assert loss.item() == pytest.approx(expected.item(), rel=tolerance, abs=tolerance)
+        assert gradient.dtype == dtype and torch.isfinite(gradient).all()
+        torch.testing.assert_close(gradient.double(), expected_gradient, rtol=tolerance, atol=tolerance)
+        # anchors without positive (class 2, the invalid row 4) get no gradient
+        assert (gradient[labels == 2] == 0).all() and (gradient[4] == 0).all()
+        if only_class_zero_in_memory:
+            assert loss.item() == pytest.approx(0.0, abs=tolerance) and (gradient == 0).all()
+        else:
+            assert expected_gradient.abs().max() > 1e-3  # the comparison is not between zeros
+
+
 def test_padding_rows_change_nothing():
     generator = torch.Generator().manual_seed(3)
     anchors = unit(10, 4, generator=generator)

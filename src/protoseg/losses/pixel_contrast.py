@@ -157,8 +157,9 @@ def memory_contrast(
     ``banks``: pairs of ``queue`` (C, S, D), whose row ``[c, s]`` has class c, and ``valid`` (C, S)
     filled slots. Same value as ``supervised_contrast(anchors, labels, rows, row_labels, ...,
     contrast_valid=...)`` over all banks' rows, but the class structure lets the negative sums be one
-    logsumexp per (anchor, class): about four passes over the (M, C * S) logits instead of fifteen,
-    and no (M, C * S) masks. Anchor labels must lie in [0, C) where ``anchor_valid``.
+    logsumexp per (anchor, class), with no (M, C * S) masks, and the closed-form gradient
+    (:class:`_MemoryContrast`) keeps one (M, C * S) matrix per bank. Gradients reach only the anchors;
+    the queues are treated as constants. Anchor labels must lie in [0, C) where ``anchor_valid``.
     """
     if anchors.dim() != 2 or anchor_labels.shape != anchors.shape[:1]:
         raise ValueError(
@@ -177,35 +178,103 @@ def memory_contrast(
         raise ValueError(f"temperatures must be > 0, got {temperature} and {base_temperature}")
 
     compute_dtype = torch.promote_types(anchors.dtype, torch.float32)
-    lowest = torch.finfo(compute_dtype).min
-    count = len(anchors)
     if anchor_valid is None:
         anchor_valid = torch.ones_like(anchor_labels, dtype=torch.bool)
-    own_class = anchor_labels.clamp(0, classes - 1)
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         anchors = anchors.to(compute_dtype)
-        class_logsumexp, own_logits, own_valid = [], [], []
-        for queue, valid in banks:
+        bank_tensors = [tensor for queue, valid in banks for tensor in (queue.to(compute_dtype), valid)]
+        return _MemoryContrast.apply(
+            anchors, anchor_labels, anchor_valid, temperature, base_temperature, *bank_tensors
+        )
+
+
+class _MemoryContrast(torch.autograd.Function):
+    """:func:`memory_contrast` with the closed-form gradient of :class:`_SupervisedContrast`.
+
+    Per bank the (M, C, S) logits are turned in place into ``exp(s - max_c s)`` (for the per-class
+    log-sum-exp), then into the pair gradient ``dL/ds``: ``w_a softmax_{N_a}(s_a) * sum_p
+    sigmoid(n_a - s_ap)`` on other classes and ``-w_a sigmoid(n_a - s_ap)`` on the own class (positives).
+    Autograd keeps that one (M, C * S) matrix per bank; the backward is ``dL/dA = sum_banks G X / tau``.
+    Inputs after the temperatures: ``queue`` (C, S, D), ``valid`` (C, S) per bank. The queues get no
+    gradient (memory buffers).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        anchors: torch.Tensor,
+        anchor_labels: torch.Tensor,
+        anchor_valid: torch.Tensor,
+        temperature: float,
+        base_temperature: float,
+        *bank_tensors: torch.Tensor,
+    ) -> torch.Tensor:
+        lowest = torch.finfo(anchors.dtype).min
+        count = len(anchors)
+        classes = bank_tensors[0].shape[0]
+        own_class = anchor_labels.clamp(0, classes - 1)
+        queues, exponentials, class_maxima, class_logsumexp, own_logits, own_valid = [], [], [], [], [], []
+        for queue, valid in zip(bank_tensors[0::2], bank_tensors[1::2]):
             size = queue.shape[1]
+            queue = queue.reshape(classes * size, -1)
             # empty slots get a "log 0" bias, added inside the matmul (no extra pass, no mask)
-            bias = torch.zeros(classes * size, dtype=compute_dtype, device=anchors.device)
+            bias = torch.zeros(classes * size, dtype=anchors.dtype, device=anchors.device)
             bias = bias.masked_fill(~valid.flatten(), lowest)
-            logits = torch.addmm(bias, anchors, queue.reshape(classes * size, -1).to(compute_dtype).T,
-                                 alpha=1.0 / temperature).view(count, classes, size)  # fmt: skip
-            class_logsumexp.append(logits.logsumexp(dim=2))
-            own_logits.append(logits.gather(1, own_class.view(count, 1, 1).expand(count, 1, size)).squeeze(1))
+            logits = torch.addmm(bias, anchors, queue.T, alpha=1.0 / temperature).view(count, classes, size)
+            own_index = own_class.view(count, 1, 1).expand(count, 1, size)
+            own_logits.append(logits.gather(1, own_index).squeeze(1))
             own_valid.append(valid[own_class])
+            class_max = logits.amax(dim=2, keepdim=True)
+            exponential = logits.sub_(class_max).exp_()  # <= 1; an empty class gives exp(0) = 1
+            class_logsumexp.append(class_max.squeeze(2) + exponential.sum(dim=2).log())
+            queues.append(queue)
+            exponentials.append(exponential)
+            class_maxima.append(class_max.squeeze(2))
         per_class = torch.stack(class_logsumexp).logsumexp(dim=0)
         # a comparison, not F.one_hot: one_hot checks its input's range on the host
         own_mask = own_class.unsqueeze(1) == torch.arange(classes, device=anchors.device)
         negative_logsumexp = per_class.masked_fill(own_mask, lowest).logsumexp(dim=1, keepdim=True)
         positive = torch.cat(own_valid, dim=1) & anchor_valid.unsqueeze(1)
-        pair_loss = F.softplus(negative_logsumexp - torch.cat(own_logits, dim=1))
-        positive_count = positive.sum(dim=1)
-        per_anchor = torch.where(positive, pair_loss, 0.0).sum(dim=1) / positive_count.clamp_min(1)
-        per_anchor = per_anchor * (temperature / base_temperature)
+        # finite everywhere (logits and log-sum-exps are >= lowest), as in _SupervisedContrast
+        margin = negative_logsumexp - torch.cat(own_logits, dim=1)
+        pair_loss = torch.where(positive, F.softplus(margin), 0.0)
+
+        positive_count = positive.sum(dim=1, dtype=anchors.dtype)
         has_positive = positive_count > 0
-        return torch.where(has_positive, per_anchor, 0.0).sum() / has_positive.sum().clamp_min(1)
+        weight = (temperature / base_temperature) / positive_count.clamp_min(1)
+        weight = torch.where(has_positive, weight, 0.0) / has_positive.sum().clamp_min(1)
+        loss = (pair_loss.sum(dim=1) * weight).sum()
+
+        if ctx.needs_input_grad[0]:
+            positive_gradient = torch.where(positive, torch.sigmoid(margin), 0.0).mul_(weight.unsqueeze(1))
+            negative_scale = positive_gradient.sum(dim=1, keepdim=True)
+            pair_gradients, offset = [], 0
+            for exponential, class_max in zip(exponentials, class_maxima):
+                size = exponential.shape[2]
+                # exp(s - n_a) = exp(s - max_c) * exp(max_c - n_a), with max_c <= n_a on negative classes
+                class_factor = torch.exp(class_max - negative_logsumexp).mul_(negative_scale)
+                class_factor = torch.where(own_mask, 0.0, class_factor)
+                pair_gradient = exponential.mul_(class_factor.unsqueeze(2))
+                own_index = own_class.view(count, 1, 1).expand(count, 1, size)
+                own_gradient = positive_gradient[:, offset : offset + size].neg().unsqueeze(1)
+                pair_gradient.scatter_(1, own_index, own_gradient)
+                pair_gradients.append(pair_gradient.view(count, -1))
+                offset += size
+            ctx.save_for_backward(*pair_gradients, *queues)
+            ctx.temperature = temperature
+            ctx.bank_count = len(queues)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor) -> tuple:
+        saved = ctx.saved_tensors
+        pair_gradients, queues = saved[: ctx.bank_count], saved[ctx.bank_count :]
+        grad_anchors = torch.mm(pair_gradients[0], queues[0])
+        for pair_gradient, queue in zip(pair_gradients[1:], queues[1:]):
+            grad_anchors.addmm_(pair_gradient, queue)
+        grad_anchors = grad_anchors.mul_(grad_output / ctx.temperature)
+        return (grad_anchors, None, None, None, None) + (None,) * (2 * ctx.bank_count)
 
 
 class PixelContrastLoss(nn.Module):
