@@ -20,10 +20,9 @@ import os
 import statistics
 from collections.abc import Callable
 
-from protoseg.launcher import PROCESS_DEFAULTS
+from protoseg.launcher import apply_process_defaults
 
-for _name, _value in PROCESS_DEFAULTS.items():  # as the protoseg command does, before torch is imported
-    os.environ.setdefault(_name, _value)
+apply_process_defaults()  # as the protoseg command does, before torch is imported
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402

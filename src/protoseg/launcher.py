@@ -14,9 +14,14 @@ PROCESS_DEFAULTS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def apply_process_defaults() -> None:
+    """Set each of :data:`PROCESS_DEFAULTS` the user has not set; effective only before torch is imported."""
     for name, value in PROCESS_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_process_defaults()
     from .cli import main as cli_main
 
     return cli_main(argv)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..prototypes.pixel_queue import order_by_code_at_random
+from ..prototypes.pixel_queue import code_groups, order_by_code_at_random
 
 
 class AnchorIndices(NamedTuple):
@@ -200,9 +200,7 @@ def _sample_anchor_indices(
     ignored_code = 2 * class_count
     codes = (class_index * 2 + is_easy.long()).masked_fill(ignored, ignored_code)
     item = order_by_code_at_random(codes, ignored_code + 1, generator)
-    counts = torch.zeros(batch, ignored_code + 1, dtype=torch.long, device=device)
-    counts.scatter_add_(1, codes, torch.ones_like(codes))
-    group_start = counts.cumsum(dim=1) - counts
+    counts, group_start = code_groups(codes, ignored_code + 1)
     num_hard, num_easy = counts[:, 0:ignored_code:2], counts[:, 1:ignored_code:2]  # (B, K)
     hard_start, easy_start = group_start[:, 0:ignored_code:2], group_start[:, 1:ignored_code:2]
 

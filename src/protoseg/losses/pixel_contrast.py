@@ -67,6 +67,15 @@ def supervised_contrast(
         )  # fmt: skip
 
 
+def _anchor_weights(
+    positive_count: torch.Tensor, has_positive: torch.Tensor, temperature: float, base_temperature: float
+) -> torch.Tensor:
+    """Weight ``w_a`` (M,) of each anchor's summed pair losses in the final loss: ``tau / base_tau``
+    over its positive count and over the number of anchors with a positive; 0 for the others."""
+    weight = (temperature / base_temperature) / positive_count.clamp_min(1)
+    return torch.where(has_positive, weight, 0.0) / has_positive.sum().clamp_min(1)
+
+
 class _SupervisedContrast(torch.autograd.Function):
     """Eq. 3 with its closed-form gradient, so autograd keeps one (M, N) matrix instead of a dozen.
 
@@ -113,9 +122,9 @@ class _SupervisedContrast(torch.autograd.Function):
         pair_loss = F.softplus(margin).mul_(positive)
 
         positive_count = positive.sum(dim=1)
-        has_positive = (positive_count > 0) & anchor_valid
-        weight = (temperature / base_temperature) / positive_count.clamp_min(1)
-        weight = torch.where(has_positive, weight, 0.0) / has_positive.sum().clamp_min(1)
+        weight = _anchor_weights(
+            positive_count, (positive_count > 0) & anchor_valid, temperature, base_temperature
+        )
         loss = (pair_loss.sum(dim=1) * weight).sum()
 
         if any(ctx.needs_input_grad[:2]):
@@ -240,9 +249,7 @@ class _MemoryContrast(torch.autograd.Function):
         pair_loss = torch.where(positive, F.softplus(margin), 0.0)
 
         positive_count = positive.sum(dim=1, dtype=anchors.dtype)
-        has_positive = positive_count > 0
-        weight = (temperature / base_temperature) / positive_count.clamp_min(1)
-        weight = torch.where(has_positive, weight, 0.0) / has_positive.sum().clamp_min(1)
+        weight = _anchor_weights(positive_count, positive_count > 0, temperature, base_temperature)
         loss = (pair_loss.sum(dim=1) * weight).sum()
 
         if ctx.needs_input_grad[0]:

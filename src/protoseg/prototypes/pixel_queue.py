@@ -66,6 +66,15 @@ def order_by_code_at_random(
     return keys.flatten().sort(stable=True).indices.view(batch, count)
 
 
+def code_groups(codes: torch.Tensor, code_limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``codes`` (B, N) (int64 in ``[0, code_limit)``): ``count`` (B, code_limit), the items
+    of each code, and ``start`` (B, code_limit), the items of smaller codes: where each code's group
+    begins in the row order of :func:`order_by_code_at_random`."""
+    count = torch.zeros(codes.shape[0], code_limit, dtype=torch.long, device=codes.device)
+    count.scatter_add_(1, codes, torch.ones_like(codes))
+    return count, count.cumsum(dim=1) - count
+
+
 def gather_from_all_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` (N, ...) from every rank along dim 0, rank-major (identity without DDP).
 
@@ -171,15 +180,14 @@ class PixelQueue(nn.Module):
         lane_column = (column * _SUM_LANES + lane).unsqueeze(1).expand(batch, dim, pixels_per_map)
         sums = channels_first.new_zeros(batch, dim, (classes + 1) * _SUM_LANES)
         sums = sums.scatter_add_(2, lane_column, channels_first).view(batch, dim, classes + 1, _SUM_LANES)
-        counts = torch.zeros(batch, classes + 1, dtype=torch.long, device=device)
-        counts.scatter_add_(1, column, torch.ones_like(column))
+        counts, starts = code_groups(column, classes + 1)
         segments = F.normalize(sums[:, :, :classes].sum(dim=3).transpose(1, 2), dim=2)
         segment_valid = counts[:, :classes] > 0
 
         # Pixel items: the pixels of each image grouped by class in random order; the first P of each
         # class (all when it has fewer) are taken.
         item = order_by_code_at_random(column, classes + 1, generator)
-        class_start = (counts.cumsum(dim=1) - counts)[:, :classes]
+        class_start = starts[:, :classes]
         rank = torch.arange(per_image, device=device)
         pixel_valid = rank < counts[:, :classes].unsqueeze(2)
         position = (class_start.unsqueeze(2) + rank).clamp(max=pixels_per_map - 1)
