@@ -11,6 +11,7 @@ import torch
 from protoseg.benchmark import command
 from protoseg.benchmark.components import component_scaling
 from protoseg.benchmark.data_loading import loader_throughput
+from protoseg.benchmark.flops import count_flops
 from protoseg.benchmark.host_sync import count_host_syncs
 from protoseg.benchmark.settings import ScalingSettings, preset_settings
 from protoseg.benchmark.steps import MethodBench
@@ -120,6 +121,12 @@ def test_cli_json_ratios_are_computed_from_the_reported_numbers(capsys):
                 quartiles = statistics.quantiles(per_round, n=4, method="inclusive")
                 assert values["ratio_quartiles"] == pytest.approx([quartiles[0], quartiles[2]], abs=1e-4)
             assert measured[baseline]["ratio"] == 1.0
+            assert measured[baseline]["flop_ratio"] == 1.0
+            assert measured[method]["flop_ratio"] == pytest.approx(
+                measured[method]["gflops"] / measured[baseline]["gflops"], rel=1e-3
+            )
+            if suite == "step":  # ppc infers with the CAM network alone: the same FLOPs as cam
+                assert measured[method]["gflops"] > measured[baseline]["gflops"] > 0
     inference = results["inference"]["segmentation"]
     for values in inference["methods"].values():
         expected = inference["batch_size"] / (values["median_ms"] / 1000)
@@ -263,3 +270,25 @@ def test_the_command_enables_huge_page_cpu_allocations_before_importing_torch(pr
     command = [sys.executable, "-c", script]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_convolution_gradients_each_cost_the_forwards_flops_grouped_or_not(groups):
+    batch, cin, cout, size, kernel = 2, 8, 16, 9, 3
+    conv = torch.nn.Conv2d(cin, cout, kernel, groups=groups, bias=False)
+    images = torch.randn(batch, cin, size, size, requires_grad=True)
+    out_size = size - kernel + 1
+    forward = 2 * batch * cout * (cin // groups) * kernel * kernel * out_size * out_size  # brute-force count
+    assert count_flops(lambda: conv(images)) == forward
+    outputs = conv(images)
+    assert count_flops(lambda: outputs.sum().backward()) == 2 * forward  # input and weight gradients
+    frozen_input = images.detach()
+    outputs = conv(frozen_input)
+    assert count_flops(lambda: outputs.sum().backward()) == forward  # weight gradient only
+    if groups == 1:  # torch's own formula is right for ungrouped convolutions
+        from torch.utils.flop_counter import FlopCounterMode
+
+        outputs = conv(images)
+        with FlopCounterMode(display=False) as counter:
+            outputs.sum().backward()
+        assert counter.get_total_flops() == 2 * forward

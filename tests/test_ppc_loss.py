@@ -386,6 +386,18 @@ def test_float16_features_are_computed_in_float32():
     assert half["loss"].dtype == torch.float32 and torch.isfinite(half["loss"])
 
 
+def test_autocast_does_not_lower_the_precision_of_the_contrast():
+    cam_s, features_s, cam_t, features_t, tags = (view.float() for view in make_views(14))
+    contrast = PixelToPrototypeContrast(top_k=8, mining="paper", generator=torch.Generator().manual_seed(0))
+    plain = contrast(cam_s, features_s, cam_t, features_t, tags)
+    contrast.generator.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # would run the similarity matmuls in bfloat16
+        autocast = contrast(cam_s, features_s, cam_t, features_t, tags)
+    for name in ("loss", "cp", "cc", "intra"):
+        assert autocast[name].dtype == torch.float32
+        torch.testing.assert_close(autocast[name], plain[name], rtol=1e-5, atol=1e-6)
+
+
 def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="mining"):
         PixelToPrototypeContrast(mining="semi")

@@ -51,6 +51,20 @@ def test_contrast_matches_brute_force_infonce():
     assert result["contrast"].item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_autocast_does_not_lower_the_precision_of_the_contrast():
+    memory = filled_memory(3, 16, size=8, fills=[8, 5, 2]).float()
+    embeddings = torch.randn(7, 16)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    valid = torch.ones(7, dtype=torch.bool)
+    loss = RegionContrastLoss(TAU, mixup_alpha=8.0)
+    plain = loss(embeddings, labels, valid, memory, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # would run the similarity einsums in bfloat16
+        autocast = loss(embeddings, labels, valid, memory, torch.Generator().manual_seed(0))
+    for name in ("loss", "contrast", "mixup"):
+        assert autocast[name].dtype == torch.float32
+        torch.testing.assert_close(autocast[name], plain[name], rtol=1e-5, atol=1e-6)
+
+
 def test_mixup_matches_brute_force_with_the_drawn_partners_and_weights():
     memory = filled_memory(4, 6, size=5, fills=[5, 4, 2, 0])
     embeddings = torch.randn(8, 6, dtype=torch.float64, requires_grad=True)

@@ -170,6 +170,7 @@ _QUICK_SEGMENTATION = [
     "model.decoder.channels=32",
     "model.protoseg.proj_dim=32",
     "model.contrast.proj_dim=32",
+    "model.contrast.max_views=16",  # 16 x 16 features per image: 100 views would sample no anchor
 ]
 _QUICK_WSSS = ["model.rca.memory_size=20", "model.rca.kmeans_iters=3", "model.ppc.top_k=4"]
 

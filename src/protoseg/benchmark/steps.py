@@ -66,9 +66,10 @@ def prepare_steady_state(model: nn.Module, seed: int = 0) -> None:
 class MethodBench:
     """A method (head or WSSS method) with its optimiser and a fixed batch, ready to step or infer.
 
-    Holds the attributes that :meth:`Trainer._step` reads (``device``, ``cfg``, ``model``,
-    ``ddp_model``, ``criterion``, ``optimizer``, ``scaler``, ``scheduler``, ``use_amp``, ``is_wsss``,
-    ``iteration``). ``iteration`` stays at :data:`STEADY_STATE_ITERATION` so every loss term is on.
+    Holds the attributes that :meth:`Trainer._step` and :meth:`Trainer._losses` read (``device``,
+    ``cfg``, ``model``, ``ddp_model``, ``criterion``, ``optimizer``, ``scaler``, ``scheduler``,
+    ``use_amp``, ``is_wsss``, ``iteration``). ``iteration`` stays at :data:`STEADY_STATE_ITERATION`
+    so every loss term is on.
     """
 
     def __init__(self, method: str, settings: BenchmarkSettings, batch_seed: int = 0) -> None:
@@ -101,6 +102,9 @@ class MethodBench:
     def batch_size(self) -> int:
         return int(self.batch["image"].shape[0])
 
+    def _losses(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return Trainer._losses(self, batch)  # type: ignore[arg-type]
+
     def train_step(self) -> dict[str, Any]:
         """One training iteration, exactly as the trainer runs it."""
         self.model.train()
@@ -109,6 +113,10 @@ class MethodBench:
     @torch.inference_mode()
     def infer(self) -> torch.Tensor:
         """Inference on the batch: ``Segmentor.predict`` (logits at input size) or the WSSS CAMs."""
+        return self.inference_forward()
+
+    def inference_forward(self) -> torch.Tensor:
+        """What :meth:`infer` runs, without its ``inference_mode`` (the caller picks the grad mode)."""
         self.model.eval()
         with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
             if self.is_wsss:

@@ -11,10 +11,10 @@ import statistics
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .components import component_scaling
 from .data_loading import loader_throughput
+from .flops import count_flops
 from .host_sync import count_host_syncs
 from .memory import measure_in_fresh_processes, measure_step_memory
 from .settings import BASELINES, METHODS, BenchmarkSettings
@@ -66,8 +66,15 @@ def _family_settings(bench: MethodBench) -> dict[str, Any]:
     }
 
 
+def _add_flops(methods: dict[str, dict[str, Any]], flops: dict[str, int], baseline: str) -> None:
+    for name, values in methods.items():
+        values["gflops"] = round(flops[name] / 1e9, 6)
+        values["flop_ratio"] = round(flops[name] / flops[baseline], 4) if flops[baseline] else None
+
+
 def step_suite(pool: MethodPool) -> dict[str, Any]:
-    """Training step time of every method against its family's baseline, in interleaved rounds."""
+    """Training step time of every method against its family's baseline, in interleaved rounds, and
+    each method's step FLOPs and FLOP ratio (forward and backward, :func:`step_flops`)."""
     settings = pool.settings
     results: dict[str, Any] = {}
     for family in pool.families():
@@ -75,20 +82,25 @@ def step_suite(pool: MethodPool) -> dict[str, Any]:
         steps = {name: bench.train_step for name, bench in benches.items()}
         times = interleaved_times(steps, settings.device, settings.warmup, settings.repeats)
         baseline = BASELINES[family]
-        results[family] = {
-            "baseline": baseline,
-            **_family_settings(benches[baseline]),
-            "methods": compare_times(times, baseline),
-        }
+        methods = compare_times(times, baseline)
+        _add_flops(methods, {name: step_flops(bench) for name, bench in benches.items()}, baseline)
+        results[family] = {"baseline": baseline, **_family_settings(benches[baseline]), "methods": methods}
     return results
+
+
+def step_flops(bench: MethodBench) -> int:
+    """Floating-point operations of one training step (matmuls and convolutions of the forward and the
+    backward, :func:`~protoseg.benchmark.flops.count_flops`): one more step of the bench."""
+    return count_flops(bench.train_step)
 
 
 def inference_flops(bench: MethodBench) -> int:
     """Floating-point operations of one inference call on the bench's batch (matmuls and convolutions,
-    as counted by ``torch.utils.flop_counter``): what the architecture costs, whatever the device."""
-    with FlopCounterMode(display=False) as counter:
-        bench.infer()
-    return int(counter.get_total_flops())
+    :func:`~protoseg.benchmark.flops.count_flops`): what the architecture costs, whatever the device.
+
+    Counted under ``no_grad``: the same ops as ``infer``'s ``inference_mode``."""
+    with torch.no_grad():
+        return count_flops(bench.inference_forward)
 
 
 def inference_suite(pool: MethodPool) -> dict[str, Any]:
@@ -103,11 +115,9 @@ def inference_suite(pool: MethodPool) -> dict[str, Any]:
         times = interleaved_times(calls, settings.device, settings.warmup, settings.repeats)
         baseline = BASELINES[family]
         methods = compare_times(times, baseline)
-        flops = {name: inference_flops(bench) for name, bench in benches.items()}
         for name, values in methods.items():
             values["images_per_s"] = round(benches[name].batch_size / (values["median_ms"] / 1000.0), 2)
-            values["gflops"] = round(flops[name] / 1e9, 3)
-            values["flop_ratio"] = round(flops[name] / flops[baseline], 4) if flops[baseline] else None
+        _add_flops(methods, {name: inference_flops(bench) for name, bench in benches.items()}, baseline)
         results[family] = {"baseline": baseline, **_family_settings(benches[baseline]), "methods": methods}
     return results
 

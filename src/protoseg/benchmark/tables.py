@@ -57,11 +57,19 @@ def step_tables(step: dict[str, Any]) -> str:
     parts = []
     for family, entry in step.items():
         rows = [
-            [name, values["median_ms"], values["ratio"], _quartiles(values)]
+            [
+                name,
+                values["median_ms"],
+                values["ratio"],
+                _quartiles(values),
+                values.get("gflops"),
+                values.get("flop_ratio"),
+            ]
             for name, values in entry["methods"].items()
         ]
         parts.append(f"Training step, {family} ({_setting_line(entry)}), ratio to {entry['baseline']}:")
-        parts.append(markdown_table(["method", "median ms", "ratio", "per-round ratio IQR"], rows))
+        headers = ["method", "median ms", "ratio", "per-round ratio IQR", "GFLOP", "FLOP ratio"]
+        parts.append(markdown_table(headers, rows))
     return "\n\n".join(parts)
 
 

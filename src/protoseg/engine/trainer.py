@@ -219,16 +219,19 @@ class Trainer:
                     self.writer.add_scalar(f"{prefix}/{key}", value, record["iteration"])
 
     # -- the loop ---------------------------------------------------------------------------
-    def _step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The forward half of a step: the batch to the device, model and criterion under autocast
+        (the method's own memory / prototype updates included). Returns the loss terms."""
         images = batch["image"].to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
             if self.is_wsss:
-                terms = self.ddp_model(
-                    images, batch["tags"].to(self.device, non_blocking=True), self.iteration
-                )
-            else:
-                target = batch["mask"].to(self.device, non_blocking=True)
-                terms = self.criterion(self.ddp_model(images, target), target, self.iteration)
+                tags = batch["tags"].to(self.device, non_blocking=True)
+                return self.ddp_model(images, tags, self.iteration)
+            target = batch["mask"].to(self.device, non_blocking=True)
+            return self.criterion(self.ddp_model(images, target), target, self.iteration)
+
+    def _step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        terms = self._losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         if self.cfg.train.grad_clip:

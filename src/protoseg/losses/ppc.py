@@ -303,6 +303,8 @@ class PixelToPrototypeContrast(nn.Module):
         mining: ``"paper"`` (default) or ``"released"``; see the module docstring.
         generator: random source of the intra-view sampling, on the inputs' device (global RNG when None).
 
+    Computed in float32 with autocast off, whatever the input dtype.
+
     Example:
         >>> contrast = PixelToPrototypeContrast()
         >>> terms = contrast(cam_source, features_source, cam_target, features_target, tags)
@@ -365,20 +367,22 @@ class PixelToPrototypeContrast(nn.Module):
             ``"cp"``, ``"cc"``, ``"intra"``, each averaged over its two directions / views.
         """
         self._check_shapes(cam_source, features_source, cam_target, features_target, tags)
-        source = self._view(cam_source, features_source, tags)
-        target = self._view(cam_target, features_target, tags)
-        (v_s, y_s, p_s, valid_s), (v_t, y_t, p_t, valid_t) = source, target
-        tau = self.temperature
+        # float32 even under autocast (which would run the similarity matmuls in half precision)
+        with torch.autocast(device_type=features_source.device.type, enabled=False):
+            source = self._view(cam_source, features_source, tags)
+            target = self._view(cam_target, features_target, tags)
+            (v_s, y_s, p_s, valid_s), (v_t, y_t, p_t, valid_t) = source, target
+            tau = self.temperature
 
-        def contrast(embeddings, labels, prototypes, valid) -> torch.Tensor:
-            return _masked_mean(*pixel_to_prototype_loss(embeddings, labels, prototypes, valid, tau))
+            def contrast(embeddings, labels, prototypes, valid) -> torch.Tensor:
+                return _masked_mean(*pixel_to_prototype_loss(embeddings, labels, prototypes, valid, tau))
 
-        cross_prototype = 0.5 * (contrast(v_s, y_s, p_t, valid_t) + contrast(v_t, y_t, p_s, valid_s))
-        cross_cam = 0.5 * (contrast(v_s, y_t, p_s, valid_s) + contrast(v_t, y_s, p_t, valid_t))
-        intra = 0.5 * (
-            intra_view_contrast(v_s, y_s, p_s, valid_s, tau, self.mining, self.generator)
-            + intra_view_contrast(v_t, y_t, p_t, valid_t, tau, self.mining, self.generator)
-        )
+            cross_prototype = 0.5 * (contrast(v_s, y_s, p_t, valid_t) + contrast(v_t, y_t, p_s, valid_s))
+            cross_cam = 0.5 * (contrast(v_s, y_t, p_s, valid_s) + contrast(v_t, y_s, p_t, valid_t))
+            intra = 0.5 * (
+                intra_view_contrast(v_s, y_s, p_s, valid_s, tau, self.mining, self.generator)
+                + intra_view_contrast(v_t, y_t, p_t, valid_t, tau, self.mining, self.generator)
+            )
         loss = self.cross_weight * (cross_prototype + cross_cam) + self.intra_weight * intra
         return {
             "loss": loss,

@@ -106,6 +106,7 @@ class RegionContrastLoss(nn.Module):
       possible partner (one class in the batch) uses ``w = 1``, i.e. its plain contrast term;
     - ``loss = mixup`` (the paper's L_RM-NCE), or ``contrast`` when ``mixup_alpha == 0`` (with mixup
       on, ``contrast`` is computed without gradient, for logging only).
+    Computed in float32 with autocast off, whatever the input dtype.
 
     The returned dict also holds the draws, for inspection: ``partner`` ``(R,)`` (index of each
     region's partner; the region itself when it has none) and ``mix_weight`` ``(R,)`` (w).
@@ -145,9 +146,19 @@ class RegionContrastLoss(nn.Module):
                 f"RegionContrastLoss: labels {tuple(labels.shape)} and valid {tuple(valid.shape)} "
                 f"must be ({rows},)"
             )
-        embeddings = region_embeddings.float()
-        labels = labels.long()
-        valid = valid.bool()
+        # float32 even under autocast (which would run the similarity einsums in half precision)
+        with torch.autocast(device_type=region_embeddings.device.type, enabled=False):
+            return self._losses(region_embeddings.float(), labels.long(), valid.bool(), memory, generator)
+
+    def _losses(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        valid: torch.Tensor,
+        memory: RegionMemory,
+        generator: torch.Generator | None,
+    ) -> dict[str, torch.Tensor]:
+        rows = embeddings.shape[0]
         device = embeddings.device
         # a fresh normalised copy: later in-place memory writes cannot touch what autograd saved
         slots = F.normalize(memory.memory.detach().float(), dim=2)

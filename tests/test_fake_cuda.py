@@ -1,0 +1,177 @@
+"""Every method's training forward and inference on a CUDA device under AMP, without a GPU.
+
+The trainer's forward half (:meth:`Trainer._losses`: model and criterion under autocast, with the
+prototype / memory updates) and the inference entry points run on fake CUDA tensors (see
+``fake_cuda.py``): this proves, on a CPU-only machine, that nothing in them creates a tensor on the
+wrong device or synchronises the host (any data-dependent op raises), and that the outputs and
+buffers keep their dtypes under the CUDA autocast policy. Fake tensors do not check every dtype rule
+(``mm`` or ``index_add_`` of float32 with float16 pass), so ``test_amp_steps.py`` runs the whole step
+on real tensors under CPU autocast; the backward's host syncs are counted on real tensors by the
+benchmark's ``sync`` suite and ``test_protoseg_no_sync.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+from unittest import mock
+
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+from fake_cuda import CUDA, cuda_reported_available, fake_batch, fake_cuda, fake_cuda_supported, to_fake_cuda
+from protoseg.benchmark.batches import shapes_batch
+from protoseg.benchmark.settings import (
+    FAMILY_OF,
+    STEADY_STATE_ITERATION,
+    WSSS,
+    BenchmarkSettings,
+    preset_settings,
+)
+from protoseg.benchmark.steps import prepare_steady_state
+from protoseg.engine.inference import predict_probabilities
+from protoseg.engine.trainer import Trainer
+from protoseg.losses.contrast_seg import ContrastSegLoss
+from protoseg.models.builder import build_criterion, build_model
+from protoseg.prototypes import PrototypeBank
+from protoseg.wsss.cam_inference import multiscale_cam
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.skipif(
+    not fake_cuda_supported(),
+    reason=f"torch {torch.__version__} cannot run fake CUDA tensors without a driver",
+)
+SEGMENTATION_METHODS = [method for method, family in FAMILY_OF.items() if family != WSSS]
+WSSS_METHODS = [method for method, family in FAMILY_OF.items() if family == WSSS]
+
+
+def cpu_generator(self: ContrastSegLoss, device: torch.device) -> torch.Generator:
+    # A CUDA generator needs a driver; fake random ops only use a generator's device for nothing.
+    return torch.Generator().manual_seed(self.seed)
+
+
+def default_inference(wsss: bool):
+    if wsss:
+        return lambda model, images: model.cams(images)
+    return lambda model, images: model.predict(images)
+
+
+def on_fake_cuda(settings: BenchmarkSettings, method: str, inference=None) -> dict:
+    """Build ``method`` for real on the CPU (memories filled as in the benchmark's steady state), move
+    it to fake CUDA, run the trainer's forward half on a shapes batch and then ``inference(model,
+    images)`` (default: ``predict`` / ``cams``) in eval mode under the config's autocast."""
+    cfg = settings.config(method)
+    wsss = FAMILY_OF[method] == WSSS
+    torch.manual_seed(0)
+    model = build_model(cfg, settings.model_num_classes(method))
+    criterion = None if wsss else build_criterion(cfg)
+    prepare_steady_state(model)
+    height, width = cfg.data.crop_size
+    batch = shapes_batch(cfg.train.batch_size, height, width, settings.wsss_num_classes, CPU)
+    if inference is None:
+        inference = default_inference(wsss)
+    with fake_cuda() as mode:
+        for module in (model, criterion):
+            if module is not None:
+                to_fake_cuda(module, mode)
+        before = {name: buffer.dtype for name, buffer in model.named_buffers()}
+        trainer = SimpleNamespace(
+            device=CUDA,
+            use_amp=cfg.train.amp,
+            is_wsss=wsss,
+            ddp_model=model,
+            criterion=criterion,
+            iteration=STEADY_STATE_ITERATION,
+        )
+        with cuda_reported_available(), mock.patch.object(ContrastSegLoss, "generator", cpu_generator):
+            model.train()
+            terms = Trainer._losses(trainer, fake_batch(batch, mode))
+            model.eval()
+            images = fake_batch(batch, mode)["image"].to(CUDA)
+            with torch.no_grad(), torch.autocast("cuda", enabled=cfg.train.amp):
+                output = inference(model, images)
+    return {"terms": terms, "output": output, "model": model, "buffer_dtypes": before, "cfg": cfg}
+
+
+def check_training_forward(result: dict) -> None:
+    terms = result["terms"]
+    assert "loss" in terms
+    for name, value in terms.items():
+        if torch.is_tensor(value):
+            assert value.device == CUDA, name
+    assert terms["loss"].dim() == 0 and terms["loss"].dtype == torch.float32
+    assert terms["loss"].requires_grad
+    for name, buffer in result["model"].named_buffers():  # updated in place, never re-typed or moved
+        assert buffer.device == CUDA, name
+        assert buffer.dtype == result["buffer_dtypes"][name], name
+    for module in result["model"].modules():
+        if isinstance(module, PrototypeBank):
+            assert module.prototypes.dtype == torch.float32
+
+
+def amp_settings(preset: str) -> BenchmarkSettings:
+    settings = preset_settings(preset, CUDA)
+    return dataclasses.replace(settings, user_overrides=["train.amp=true"])
+
+
+def test_the_harness_catches_host_syncs_device_mismatches_and_applies_cuda_autocast():
+    layer = nn.Linear(4, 3)
+    with fake_cuda() as mode:
+        to_fake_cuda(layer, mode)
+        inputs = torch.randn(5, 4, device=CUDA)
+        with cuda_reported_available():
+            with torch.autocast("cuda"):
+                assert layer(inputs).dtype == torch.float16
+            with pytest.raises(DataDependentOutputException):
+                layer(inputs).sum().item()
+            with pytest.raises(DynamicOutputShapeException):
+                inputs[inputs > 0]
+            with pytest.raises(RuntimeError, match="device"):
+                layer(inputs) + torch.arange(3.0).expand(5, 3)  # a CPU tensor made without device=
+
+
+@pytest.mark.parametrize("method", list(FAMILY_OF))
+def test_training_forward_and_inference_run_on_cuda_under_amp_without_host_sync(method):
+    result = on_fake_cuda(amp_settings("cpu"), method)
+    check_training_forward(result)
+    cfg, output = result["cfg"], result["output"]
+    batch, (height, width) = cfg.train.batch_size, cfg.data.crop_size
+    assert output.device == CUDA
+    if FAMILY_OF[method] == WSSS:
+        assert output.shape[:2] == (batch, 10)
+    else:
+        assert output.shape == (batch, 11, height, width)
+
+
+def test_multiscale_flip_and_sliding_window_inference_run_on_cuda_under_amp():
+    def sliding(model, images):
+        return predict_probabilities(
+            model.predict, images, 11, scales=(0.75, 1.0), flip=True, mode="slide", window=(96, 96)
+        )
+
+    result = on_fake_cuda(amp_settings("cpu"), "protoseg", inference=sliding)
+    assert result["output"].shape == (8, 11, 128, 128)
+    assert result["output"].device == CUDA and result["output"].dtype == torch.float32
+
+    def cam(model, images):
+        tags = torch.zeros(10, device=CUDA)
+        return multiscale_cam(model.cams, images[0], tags, scales=(0.5, 1.0))
+
+    result = on_fake_cuda(amp_settings("cpu"), "ppc", inference=cam)
+    assert result["output"].shape == (10, 128, 128)
+    assert result["output"].device == CUDA and result["output"].dtype == torch.float32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(FAMILY_OF))
+def test_the_gpu_benchmark_preset_runs_on_cuda_without_host_sync(method):
+    """The papers' setting the GPU benchmark runs: HRNet-W48 at 512 x 1024 (D = 720), batch 8, AMP;
+    WSSS on ResNet-101 at 448 x 448."""
+    settings = preset_settings("gpu", CUDA)
+    result = on_fake_cuda(settings, method)
+    assert result["cfg"].train.amp
+    check_training_forward(result)
+    if FAMILY_OF[method] != WSSS:
+        assert result["output"].shape == (8, 19, 512, 1024)
