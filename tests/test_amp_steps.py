@@ -9,9 +9,7 @@ placement and host syncs under CUDA autocast are checked by ``test_fake_cuda.py`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -27,17 +25,6 @@ CASES = [(method, []) for method in FAMILY_OF] + [("contrast", MEMORY), ("protos
 CASE_IDS = [method + ("+memory" if overrides else "") for method, overrides in CASES]
 
 
-@contextlib.contextmanager
-def cpu_autocast_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """``torch.autocast("cpu")`` (as the trainer opens it, without a dtype) casts to ``dtype``."""
-    previous = torch.get_autocast_dtype("cpu")
-    torch.set_autocast_dtype("cpu", dtype)
-    try:
-        yield
-    finally:
-        torch.set_autocast_dtype("cpu", previous)
-
-
 def first_conv_output_dtypes(model: nn.Module) -> list[torch.dtype]:
     seen: list[torch.dtype] = []
     conv = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
@@ -51,12 +38,11 @@ def test_a_training_step_under_autocast_keeps_state_float32_finite_and_normalise
     settings = preset_settings("cpu", CPU, quick=True)
     settings = dataclasses.replace(settings, user_overrides=overrides)
     bench = MethodBench(method, settings)
-    bench.use_amp = True  # the benchmark (like the trainer) only turns AMP on for CUDA
+    bench.use_amp, bench.amp_dtype = True, dtype  # the benchmark, like the trainer, does so on CUDA only
     conv_dtypes = first_conv_output_dtypes(bench.model)
     buffer_dtypes = {name: buffer.dtype for name, buffer in bench.model.named_buffers()}
-    with cpu_autocast_dtype(dtype):
-        for _ in range(2):
-            terms = bench.train_step()
+    for _ in range(2):
+        terms = bench.train_step()
     assert conv_dtypes and set(conv_dtypes) == {dtype}  # autocast was on, at this dtype
     for name, value in terms.items():
         if torch.is_tensor(value):

@@ -7,6 +7,8 @@ data-dependent ops of the forward, and ``test_amp_steps.py`` the dtypes under CP
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -17,12 +19,11 @@ from protoseg.prototypes import PrototypeBank
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def cuda_bench(method: str) -> MethodBench:
+def cuda_bench(method: str, amp_dtype: str = "float16") -> MethodBench:
     """The built-in benchmark's setting (shapes batch 8 at 128 x 128), on the GPU with AMP."""
-    import dataclasses
-
     settings = preset_settings("cpu", torch.device("cuda"))
-    settings = dataclasses.replace(settings, user_overrides=["train.amp=true"])
+    overrides = ["train.amp=true", f"train.amp_dtype={amp_dtype}"]
+    settings = dataclasses.replace(settings, user_overrides=overrides)
     bench = MethodBench(method, settings)
     assert bench.use_amp
     return bench
@@ -51,8 +52,30 @@ def test_forward_backward_and_optimiser_step_never_synchronise(method):
 
 
 @pytest.mark.parametrize("method", list(FAMILY_OF))
-def test_amp_training_steps_keep_state_finite_and_prototypes_unit_norm(method):
-    bench = cuda_bench(method)
+def test_the_whole_bfloat16_step_never_synchronises(method):
+    """With ``train.amp_dtype=bfloat16`` there is no grad scaler: the trainer's whole step (forward,
+    backward, optimiser, lr schedule) runs under ``set_sync_debug_mode("error")``."""
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    bench = cuda_bench(method, "bfloat16")
+    assert not bench.scaler.is_enabled()
+    bench.train_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            terms = bench.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(terms["loss"])
+
+
+@pytest.mark.parametrize("amp_dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("method", list(FAMILY_OF))
+def test_amp_training_steps_keep_state_finite_and_prototypes_unit_norm(method, amp_dtype):
+    if amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    bench = cuda_bench(method, amp_dtype)
     for _ in range(3):
         terms = bench.train_step()
     for name, value in terms.items():

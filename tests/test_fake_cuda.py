@@ -31,6 +31,7 @@ from protoseg.benchmark.settings import (
     preset_settings,
 )
 from protoseg.benchmark.steps import prepare_steady_state
+from protoseg.engine.amp import amp_settings
 from protoseg.engine.inference import predict_probabilities
 from protoseg.engine.trainer import Trainer
 from protoseg.losses.contrast_seg import ContrastSegLoss
@@ -77,22 +78,39 @@ def on_fake_cuda(settings: BenchmarkSettings, method: str, inference=None) -> di
             if module is not None:
                 to_fake_cuda(module, mode)
         before = {name: buffer.dtype for name, buffer in model.named_buffers()}
+        amp = amp_settings(cfg.train.amp, cfg.train.amp_dtype, CUDA)
         trainer = SimpleNamespace(
             device=CUDA,
-            use_amp=cfg.train.amp,
+            use_amp=amp.enabled,
+            amp_dtype=amp.dtype,
             is_wsss=wsss,
             ddp_model=model,
             criterion=criterion,
             iteration=STEADY_STATE_ITERATION,
         )
+        conv_dtypes = first_conv_output_dtypes(model)
         with cuda_reported_available(), mock.patch.object(ContrastSegLoss, "generator", cpu_generator):
             model.train()
             terms = Trainer._losses(trainer, fake_batch(batch, mode))
             model.eval()
             images = fake_batch(batch, mode)["image"].to(CUDA)
-            with torch.no_grad(), torch.autocast("cuda", enabled=cfg.train.amp):
+            with torch.no_grad(), torch.autocast("cuda", dtype=amp.dtype, enabled=amp.enabled):
                 output = inference(model, images)
-    return {"terms": terms, "output": output, "model": model, "buffer_dtypes": before, "cfg": cfg}
+    return {
+        "terms": terms,
+        "output": output,
+        "model": model,
+        "buffer_dtypes": before,
+        "cfg": cfg,
+        "conv_dtypes": conv_dtypes,
+    }
+
+
+def first_conv_output_dtypes(model: nn.Module) -> list[torch.dtype]:
+    seen: list[torch.dtype] = []
+    conv = next(module for module in model.modules() if isinstance(module, nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    return seen
 
 
 def check_training_forward(result: dict) -> None:
@@ -111,9 +129,9 @@ def check_training_forward(result: dict) -> None:
             assert module.prototypes.dtype == torch.float32
 
 
-def amp_settings(preset: str) -> BenchmarkSettings:
+def with_amp(preset: str, dtype: str = "float16") -> BenchmarkSettings:
     settings = preset_settings(preset, CUDA)
-    return dataclasses.replace(settings, user_overrides=["train.amp=true"])
+    return dataclasses.replace(settings, user_overrides=["train.amp=true", f"train.amp_dtype={dtype}"])
 
 
 def test_the_harness_catches_host_syncs_device_mismatches_and_applies_cuda_autocast():
@@ -134,8 +152,9 @@ def test_the_harness_catches_host_syncs_device_mismatches_and_applies_cuda_autoc
 
 @pytest.mark.parametrize("method", list(FAMILY_OF))
 def test_training_forward_and_inference_run_on_cuda_under_amp_without_host_sync(method):
-    result = on_fake_cuda(amp_settings("cpu"), method)
+    result = on_fake_cuda(with_amp("cpu"), method)
     check_training_forward(result)
+    assert set(result["conv_dtypes"]) == {torch.float16}  # train forward and inference under CUDA AMP
     cfg, output = result["cfg"], result["output"]
     batch, (height, width) = cfg.train.batch_size, cfg.data.crop_size
     assert output.device == CUDA
@@ -145,13 +164,20 @@ def test_training_forward_and_inference_run_on_cuda_under_amp_without_host_sync(
         assert output.shape == (batch, 11, height, width)
 
 
+def test_bfloat16_amp_runs_the_network_in_bfloat16_on_cuda():
+    with mock.patch.object(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True):
+        result = on_fake_cuda(with_amp("cpu", "bfloat16"), "protoseg")
+    check_training_forward(result)
+    assert result["conv_dtypes"] and set(result["conv_dtypes"]) == {torch.bfloat16}
+
+
 def test_multiscale_flip_and_sliding_window_inference_run_on_cuda_under_amp():
     def sliding(model, images):
         return predict_probabilities(
             model.predict, images, 11, scales=(0.75, 1.0), flip=True, mode="slide", window=(96, 96)
         )
 
-    result = on_fake_cuda(amp_settings("cpu"), "protoseg", inference=sliding)
+    result = on_fake_cuda(with_amp("cpu"), "protoseg", inference=sliding)
     assert result["output"].shape == (8, 11, 128, 128)
     assert result["output"].device == CUDA and result["output"].dtype == torch.float32
 
@@ -159,7 +185,7 @@ def test_multiscale_flip_and_sliding_window_inference_run_on_cuda_under_amp():
         tags = torch.zeros(10, device=CUDA)
         return multiscale_cam(model.cams, images[0], tags, scales=(0.5, 1.0))
 
-    result = on_fake_cuda(amp_settings("cpu"), "ppc", inference=cam)
+    result = on_fake_cuda(with_amp("cpu"), "ppc", inference=cam)
     assert result["output"].shape == (10, 128, 128)
     assert result["output"].device == CUDA and result["output"].dtype == torch.float32
 

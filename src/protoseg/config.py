@@ -138,6 +138,7 @@ class TrainConfig:
     warmup_iters: int = 0
     poly_power: float = 0.9
     amp: bool = True  # used on GPU only
+    amp_dtype: str = "float16"  # float16 (with loss scaling) | bfloat16 (no loss scaling)
     grad_clip: float | None = None
     log_interval: int = 20
     val_interval: int = 500

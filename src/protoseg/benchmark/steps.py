@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..engine.amp import amp_settings
 from ..engine.optim import build_optimizer, build_scheduler
 from ..engine.trainer import Trainer
 from ..models.builder import build_criterion, build_model
@@ -68,8 +69,8 @@ class MethodBench:
 
     Holds the attributes that :meth:`Trainer._step` and :meth:`Trainer._losses` read (``device``,
     ``cfg``, ``model``, ``ddp_model``, ``criterion``, ``optimizer``, ``scaler``, ``scheduler``,
-    ``use_amp``, ``is_wsss``, ``iteration``). ``iteration`` stays at :data:`STEADY_STATE_ITERATION`
-    so every loss term is on.
+    ``use_amp``, ``amp_dtype``, ``is_wsss``, ``iteration``). ``iteration`` stays at
+    :data:`STEADY_STATE_ITERATION` so every loss term is on.
     """
 
     def __init__(self, method: str, settings: BenchmarkSettings, batch_seed: int = 0) -> None:
@@ -89,8 +90,9 @@ class MethodBench:
         self.scheduler = build_scheduler(
             self.optimizer, train.iterations, train.poly_power, train.warmup_iters
         )
-        self.use_amp = train.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        amp = amp_settings(train.amp, train.amp_dtype, self.device)
+        self.use_amp, self.amp_dtype = amp.enabled, amp.dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp.loss_scaling)
         self.iteration = STEADY_STATE_ITERATION
         prepare_steady_state(self.model, seed=train.seed)
         height, width = self.cfg.data.crop_size
@@ -118,7 +120,7 @@ class MethodBench:
     def inference_forward(self) -> torch.Tensor:
         """What :meth:`infer` runs, without its ``inference_mode`` (the caller picks the grad mode)."""
         self.model.eval()
-        with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             if self.is_wsss:
                 return self.model.cams(self.batch["image"])
             return self.model.predict(self.batch["image"])

@@ -62,7 +62,7 @@ def _family_settings(bench: MethodBench) -> dict[str, Any]:
         "backbone": cfg.model.backbone.name,
         "batch_size": bench.batch_size,
         "crop_size": list(cfg.data.crop_size),
-        "amp": bench.use_amp,
+        "amp": str(bench.amp_dtype).removeprefix("torch.") if bench.use_amp else False,
     }
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..config import Config, config_to_dict, save_config
 from ..data.sampler import SeededSampler
 from ..models.builder import build_criterion, build_model
+from .amp import amp_settings
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import build_split_dataset
 from .distributed import DistributedContext, cleanup, init_distributed
@@ -94,6 +95,9 @@ class Trainer:
         self.context: DistributedContext = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.context.enabled:
             self.device = torch.device("cuda", self.context.local_rank)
+        # checked before any file is touched
+        amp = amp_settings(cfg.train.amp, cfg.train.amp_dtype, self.device)
+        self.use_amp, self.amp_dtype = amp.enabled, amp.dtype
         self.progress = progress and self.context.is_main
         self.checkpoint_dir = self.run_dir / "checkpoints"
         last = self.checkpoint_dir / "last.pt"
@@ -124,8 +128,7 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, cfg.train.iterations, cfg.train.poly_power, cfg.train.warmup_iters
         )
-        self.use_amp = cfg.train.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp.loss_scaling)
         self.iteration = 0
         self.best_score = -math.inf
         if resume:
@@ -195,7 +198,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])  # else: saved without loss scaling, start afresh
         self.iteration = int(state["iteration"])
         self.best_score = float(state["best_score"])
         set_rng_state(state["rng"])
@@ -223,7 +227,7 @@ class Trainer:
         """The forward half of a step: the batch to the device, model and criterion under autocast
         (the method's own memory / prototype updates included). Returns the loss terms."""
         images = batch["image"].to(self.device, non_blocking=True)
-        with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             if self.is_wsss:
                 tags = batch["tags"].to(self.device, non_blocking=True)
                 return self.ddp_model(images, tags, self.iteration)
