@@ -49,10 +49,9 @@ def free_port():
 
 
 def test_queues_identical_on_every_rank_and_hold_both_ranks_items(tmp_path):
-    # fork where available: the children need not import torch again (seconds per process)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # spawn, not fork: a fork of this process (torch's thread pools running) can deadlock in the child
     arguments = (free_port(), str(tmp_path))
-    mp.start_processes(worker, args=arguments, nprocs=WORLD, join=True, start_method=method)
+    mp.start_processes(worker, args=arguments, nprocs=WORLD, join=True, start_method="spawn")
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD)]
     first, second = results[0]["state"], results[1]["state"]
     for name in first:

@@ -84,10 +84,9 @@ def _free_port() -> int:
 
 def test_two_ranks_end_with_identical_global_batch_prototypes(tmp_path):
     result_path = str(tmp_path / "result")
-    # fork where available: the children inherit the imported torch instead of importing it again.
-    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # spawn, not fork: a fork of this process (torch's thread pools running) can deadlock in the child
     mp.start_processes(
-        _worker, args=(_free_port(), result_path), nprocs=WORLD_SIZE, join=True, start_method=start_method
+        _worker, args=(_free_port(), result_path), nprocs=WORLD_SIZE, join=True, start_method="spawn"
     )
     ranks = [torch.load(f"{result_path}.{rank}") for rank in range(WORLD_SIZE)]
     assert torch.equal(ranks[0]["bank"], ranks[1]["bank"])
