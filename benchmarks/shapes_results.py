@@ -38,6 +38,8 @@ SUPERVISED = {
         ["model.protoseg.num_prototypes=1", "model.protoseg.init=random"],
     ),
     "protoseg_k10_random_init": ("protoseg", ["model.protoseg.init=random"]),
+    # without the projection MLP: the decoder features are embedded (inference at the linear cost)
+    "protoseg_k10_no_projection": ("protoseg", ["model.protoseg.projection=none"]),
     "contrast": ("contrast", []),
     "protoseg_contrast": ("protoseg_contrast", []),
 }

@@ -177,3 +177,45 @@ def test_labels_outside_the_classes_are_ignored_and_gumbel_mode_is_seeded():
 def test_embedding_dimension(proj_dim, expected):
     head = ProtoSegHead(IN_CHANNELS, NUM_CLASSES, num_prototypes=2, proj_dim=proj_dim)
     assert head.bank.prototypes.shape == (NUM_CLASSES, 2, expected)
+
+
+def test_without_projection_the_decoder_features_themselves_are_embedded():
+    torch.manual_seed(0)
+    head = ProtoSegHead(IN_CHANNELS, NUM_CLASSES, num_prototypes=NUM_PROTOTYPES, projection="none").eval()
+    assert not any(isinstance(module, torch.nn.Conv2d) for module in head.modules())
+    # only the two LayerNorms learn: feat_norm over Cin and mask_norm over C
+    assert sum(p.numel() for p in head.parameters()) == 2 * IN_CHANNELS + 2 * NUM_CLASSES
+    with torch.no_grad():
+        head.feat_norm.weight.uniform_(0.5, 1.5)
+    features, target = make_batch(2)
+    pixels = features.double().permute(0, 2, 3, 1).reshape(-1, IN_CHANNELS)
+    normed = F.layer_norm(
+        pixels, (IN_CHANNELS,), head.feat_norm.weight.double(), head.feat_norm.bias.double()
+    )
+    embeddings = normed / normed.norm(dim=1, keepdim=True)
+    scores = torch.einsum("nd,ckd->nck", embeddings, head.bank.prototypes.double()).amax(dim=2)
+    expected = F.layer_norm(
+        scores, (NUM_CLASSES,), head.mask_norm.weight.double(), head.mask_norm.bias.double()
+    )
+    logits = head(features)["logits"]
+    torch.testing.assert_close(
+        logits.permute(0, 2, 3, 1).reshape(-1, NUM_CLASSES).double(), expected, atol=1e-5, rtol=0
+    )
+    head.train()
+    features.requires_grad_(True)
+    outputs = head(features, target)
+    ProtoSegLoss()(outputs, target)["loss"].backward()
+    assert features.grad is not None and torch.isfinite(features.grad).all() and features.grad.abs().sum() > 0
+    norms = head.bank.prototypes.norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_projection_choices_are_checked():
+    with pytest.raises(ValueError, match="projection must be one of"):
+        ProtoSegHead(IN_CHANNELS, NUM_CLASSES, projection="linear")
+    with pytest.raises(ValueError, match=f"proj_dim must be None or {IN_CHANNELS}, got 3"):
+        ProtoSegHead(IN_CHANNELS, NUM_CLASSES, proj_dim=3, projection="none")
+    assert (
+        ProtoSegHead(IN_CHANNELS, NUM_CLASSES, proj_dim=IN_CHANNELS, projection="none").bank.dim
+        == IN_CHANNELS
+    )

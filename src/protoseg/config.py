@@ -68,6 +68,7 @@ class ProtoSegConfig:
     ppd_weight: float = 0.001
     temperature: float = 1.0  # released code: no temperature (tau = 1)
     init: str = "random"  # random (paper) | data: first update sets each prototype to its pixels' mean
+    projection: str = "mlp"  # mlp (paper: 1x1 conv, ReLU, 1x1 conv) | none (embed the decoder features)
 
 
 @dataclass

@@ -33,6 +33,7 @@ def _protoseg_kwargs(cfg: Config) -> dict:
         "sinkhorn_epsilon": p.sinkhorn_epsilon,
         "sinkhorn_iters": p.sinkhorn_iters,
         "init": p.init,
+        "projection": p.projection,
         "ignore_index": IGNORE_INDEX,
     }
 

@@ -8,7 +8,9 @@ from torch import nn
 
 from ...prototypes.bank import PrototypeBank
 
-__all__ = ["ProtoSegHead", "PROTO_IGNORE_INDEX"]
+__all__ = ["ProtoSegHead", "PROTO_IGNORE_INDEX", "PROJECTIONS"]
+
+PROJECTIONS = ("mlp", "none")
 
 PROTO_IGNORE_INDEX = -1
 """Value of ``"proto_targets"`` on ignored pixels. Not 255: with C * K > 255 (ADE20K, K = 10)
@@ -34,6 +36,9 @@ class ProtoSegHead(nn.Module):
         num_classes: C.
         num_prototypes: K per class.
         proj_dim: D of the embedding (``None``: D = Cin, as in the paper).
+        projection: ``"mlp"`` (the paper's ``proj``: 1x1 conv Cin -> Cin, ReLU, 1x1 conv Cin -> D) or
+            ``"none"`` (the decoder features themselves are embedded, D = Cin: inference is then the
+            linear head's cost plus the C * K - C extra similarity columns).
         momentum, assignment, sinkhorn_epsilon, sinkhorn_iters, generator, init: see
             :class:`~protoseg.prototypes.PrototypeBank`.
         ignore_index: label value of ignored pixels in ``target`` (any label outside
@@ -53,15 +58,26 @@ class ProtoSegHead(nn.Module):
         ignore_index: int = 255,
         generator: torch.Generator | None = None,
         init: str = "random",
+        projection: str = "mlp",
     ) -> None:
         super().__init__()
+        if projection not in PROJECTIONS:
+            raise ValueError(f"ProtoSegHead projection must be one of {PROJECTIONS}, got '{projection}'")
+        if projection == "none" and proj_dim not in (None, in_channels):
+            raise ValueError(
+                f"ProtoSegHead projection 'none' embeds the {in_channels}-channel decoder features: "
+                f"proj_dim must be None or {in_channels}, got {proj_dim}"
+            )
         dim = proj_dim or in_channels
         self.num_classes = num_classes
         self.num_prototypes = num_prototypes
         self.ignore_index = ignore_index
-        self.proj = nn.Sequential(
-            nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(in_channels, dim, 1)
-        )
+        if projection == "mlp":
+            self.proj: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(in_channels, dim, 1)
+            )
+        else:
+            self.proj = nn.Identity()
         self.feat_norm = nn.LayerNorm(dim)
         self.mask_norm = nn.LayerNorm(num_classes)
         self.bank = PrototypeBank(

@@ -1,0 +1,85 @@
+"""ProtoSeg with and without its projection MLP against the linear head, side by side.
+
+The issue asks for ProtoSeg inference within 3 % of the linear head; the head of methods.md adds a
+projection MLP (1x1 conv Cin -> Cin, ReLU, 1x1 conv Cin -> D) before the prototype matmul, which
+costs more than that by its FLOPs alone. ``model.protoseg.projection=none`` embeds the decoder
+features directly. This script times inference (``Segmentor.predict``) and the training step of
+linear, protoseg (mlp) and protoseg (none) in the same interleaved rounds, with each one's FLOPs:
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/protoseg_projection.py --repeats 30
+    PYTHONPATH=src python benchmarks/protoseg_projection.py --preset gpu --device cuda --repeats 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+
+from protoseg.launcher import apply_process_defaults
+
+apply_process_defaults()
+
+import torch  # noqa: E402
+
+from protoseg.benchmark.settings import preset_settings  # noqa: E402
+from protoseg.benchmark.steps import MethodBench  # noqa: E402
+from protoseg.benchmark.suites import inference_flops, step_flops  # noqa: E402
+from protoseg.benchmark.tables import markdown_table  # noqa: E402
+from protoseg.benchmark.timing import interleaved_times, paired_ratio, paired_ratio_quartiles  # noqa: E402
+
+VARIANTS = {
+    "linear": ("linear", []),
+    "protoseg (mlp)": ("protoseg", ["model.protoseg.projection=mlp"]),
+    "protoseg (none)": ("protoseg", ["model.protoseg.projection=none"]),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    settings = preset_settings(args.preset, device)
+    benches = {
+        name: MethodBench(method, dataclasses.replace(settings, user_overrides=overrides))
+        for name, (method, overrides) in VARIANTS.items()
+    }
+    results = {}
+    for suite, calls, count in (
+        ("inference", {name: bench.infer for name, bench in benches.items()}, inference_flops),
+        ("step", {name: bench.train_step for name, bench in benches.items()}, step_flops),
+    ):
+        times = interleaved_times(calls, device, args.warmup, args.repeats)
+        flops = {name: count(bench) for name, bench in benches.items()}
+        rows = []
+        for name, values in times.items():
+            first, third = paired_ratio_quartiles(values, times["linear"])
+            rows.append(
+                [
+                    name,
+                    round(statistics.median(values) * 1000, 1),
+                    round(paired_ratio(values, times["linear"]), 4),
+                    f"{first:.3f} - {third:.3f}",
+                    round(flops[name] / 1e9, 3),
+                    round(flops[name] / flops["linear"], 4),
+                ]
+            )
+        results[suite] = rows
+        print(f"\n{suite} ({args.preset} preset, {args.repeats} interleaved rounds, ratio to linear):")
+        headers = ["head", "median ms", "time ratio", "per-round ratio IQR", "GFLOP", "FLOP ratio"]
+        print(markdown_table(headers, rows))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"preset": args.preset, "device": str(device), "results": results}, file, indent=1)
+
+
+if __name__ == "__main__":
+    main()
