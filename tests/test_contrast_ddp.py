@@ -7,6 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from protoseg.engine.distributed import close_process_group
 from protoseg.losses import ContrastSegLoss
 from protoseg.prototypes import PixelQueue
 
@@ -39,7 +40,7 @@ def worker(rank, port, directory):
         seed = ContrastSegLoss(seed=5).generator(torch.device("cpu")).initial_seed()
         torch.save({"state": queue.state_dict(), "generator_seed": seed}, f"{directory}/rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        close_process_group()
 
 
 def free_port():

@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from protoseg.engine.distributed import close_process_group
 from protoseg.models.heads import ProtoSegHead
 from protoseg.prototypes import PrototypeBank
 
@@ -73,7 +74,7 @@ def _worker(rank: int, port: int, result_path: str) -> None:
             f"{result_path}.{rank}",
         )
     finally:
-        dist.destroy_process_group()
+        close_process_group()
 
 
 def _free_port() -> int:

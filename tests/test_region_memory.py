@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from protoseg.engine.distributed import close_process_group
 from protoseg.prototypes import RegionMemory
 
 CLASSES, EXTRA, SIZE = 4, 3, 6
@@ -143,7 +144,7 @@ def _ddp_worker(rank: int, world: int, port: int, results) -> None:
             memory.enqueue(*random_batch(5, generator)[:3], 0.3, valid=None)
         results[rank] = (memory.memory.clone(), memory.pointer.clone())
     finally:
-        dist.destroy_process_group()
+        close_process_group()
 
 
 @pytest.mark.slow
