@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 
 from protoseg.launcher import apply_process_defaults
 
@@ -25,9 +24,9 @@ import torch  # noqa: E402
 
 from protoseg.benchmark.settings import preset_settings  # noqa: E402
 from protoseg.benchmark.steps import MethodBench  # noqa: E402
-from protoseg.benchmark.suites import inference_flops, step_flops  # noqa: E402
+from protoseg.benchmark.suites import add_flops, compare_times, inference_flops, step_flops  # noqa: E402
 from protoseg.benchmark.tables import markdown_table  # noqa: E402
-from protoseg.benchmark.timing import interleaved_times, paired_ratio, paired_ratio_quartiles  # noqa: E402
+from protoseg.benchmark.timing import interleaved_times  # noqa: E402
 
 VARIANTS = {
     "linear": ("linear", []),
@@ -57,22 +56,20 @@ def main() -> None:
         ("inference", {name: bench.infer for name, bench in benches.items()}, inference_flops),
         ("step", {name: bench.train_step for name, bench in benches.items()}, step_flops),
     ):
-        times = interleaved_times(calls, device, args.warmup, args.repeats)
-        flops = {name: count(bench) for name, bench in benches.items()}
-        rows = []
-        for name, values in times.items():
-            first, third = paired_ratio_quartiles(values, times["linear"])
-            rows.append(
-                [
-                    name,
-                    round(statistics.median(values) * 1000, 1),
-                    round(paired_ratio(values, times["linear"]), 4),
-                    f"{first:.3f} - {third:.3f}",
-                    round(flops[name] / 1e9, 3),
-                    round(flops[name] / flops["linear"], 4),
-                ]
-            )
-        results[suite] = rows
+        methods = compare_times(interleaved_times(calls, device, args.warmup, args.repeats), "linear")
+        add_flops(methods, {name: count(bench) for name, bench in benches.items()}, "linear")
+        results[suite] = methods
+        rows = [
+            [
+                name,
+                values["median_ms"],
+                values["ratio"],
+                "{:.3f} - {:.3f}".format(*values["ratio_quartiles"]),
+                values["gflops"],
+                values["flop_ratio"],
+            ]
+            for name, values in methods.items()
+        ]
         print(f"\n{suite} ({args.preset} preset, {args.repeats} interleaved rounds, ratio to linear):")
         headers = ["head", "median ms", "time ratio", "per-round ratio IQR", "GFLOP", "FLOP ratio"]
         print(markdown_table(headers, rows))

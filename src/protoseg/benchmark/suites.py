@@ -66,7 +66,8 @@ def _family_settings(bench: MethodBench) -> dict[str, Any]:
     }
 
 
-def _add_flops(methods: dict[str, dict[str, Any]], flops: dict[str, int], baseline: str) -> None:
+def add_flops(methods: dict[str, dict[str, Any]], flops: dict[str, int], baseline: str) -> None:
+    """Add ``gflops`` and ``flop_ratio`` (to ``baseline``) to each method's entry of ``methods``."""
     for name, values in methods.items():
         values["gflops"] = round(flops[name] / 1e9, 6)
         values["flop_ratio"] = round(flops[name] / flops[baseline], 4) if flops[baseline] else None
@@ -83,7 +84,7 @@ def step_suite(pool: MethodPool) -> dict[str, Any]:
         times = interleaved_times(steps, settings.device, settings.warmup, settings.repeats)
         baseline = BASELINES[family]
         methods = compare_times(times, baseline)
-        _add_flops(methods, {name: step_flops(bench) for name, bench in benches.items()}, baseline)
+        add_flops(methods, {name: step_flops(bench) for name, bench in benches.items()}, baseline)
         results[family] = {"baseline": baseline, **_family_settings(benches[baseline]), "methods": methods}
     return results
 
@@ -117,7 +118,7 @@ def inference_suite(pool: MethodPool) -> dict[str, Any]:
         methods = compare_times(times, baseline)
         for name, values in methods.items():
             values["images_per_s"] = round(benches[name].batch_size / (values["median_ms"] / 1000.0), 2)
-        _add_flops(methods, {name: inference_flops(bench) for name, bench in benches.items()}, baseline)
+        add_flops(methods, {name: inference_flops(bench) for name, bench in benches.items()}, baseline)
         results[family] = {"baseline": baseline, **_family_settings(benches[baseline]), "methods": methods}
     return results
 

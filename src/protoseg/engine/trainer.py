@@ -198,8 +198,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])  # else: saved without loss scaling, start afresh
+        if state["scaler"]:  # empty when saved without loss scaling: a scaled run then starts afresh
+            self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best_score = float(state["best_score"])
         set_rng_state(state["rng"])
