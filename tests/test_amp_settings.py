@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from protoseg.config import load_config
+from protoseg.config import ConfigError, load_config
 from protoseg.engine.amp import amp_settings
 from protoseg.engine.trainer import Trainer
 
@@ -28,7 +28,12 @@ def test_the_config_key_and_a_bad_value_named_before_any_file_is_touched(tmp_pat
     assert load_config(None, ["train.amp_dtype=bfloat16"]).train.amp_dtype == "bfloat16"
     with pytest.raises(ValueError, match=r"train\.amp_dtype.*'half'.*float16, bfloat16"):
         amp_settings(True, "half", CUDA)
-    cfg = load_config(None, ["train.amp_dtype=half", "train.device=cpu", "data.root=/nonexistent"])
+    with pytest.raises(
+        ConfigError, match=r"train\.amp_dtype.*float16, bfloat16.*'half'.*train\.amp_dtype=half"
+    ):
+        load_config(None, ["train.amp_dtype=half", "train.device=cpu", "data.root=/nonexistent"])
+    cfg = load_config(None, ["train.device=cpu", "data.root=/nonexistent"])
+    cfg.train.amp_dtype = "half"  # set in code, past the config's checks
     with pytest.raises(ValueError, match=r"train\.amp_dtype"):
         Trainer(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

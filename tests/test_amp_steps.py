@@ -17,6 +17,7 @@ from torch import nn
 
 from protoseg.benchmark.settings import FAMILY_OF, preset_settings
 from protoseg.benchmark.steps import MethodBench
+from protoseg.engine.amp import AmpSettings
 from protoseg.prototypes import PixelQueue, PrototypeBank, RegionMemory
 
 CPU = torch.device("cpu")
@@ -38,9 +39,10 @@ def test_a_training_step_under_autocast_keeps_state_float32_finite_and_normalise
     settings = preset_settings("cpu", CPU, quick=True)
     settings = dataclasses.replace(settings, user_overrides=overrides)
     bench = MethodBench(method, settings)
-    bench.use_amp, bench.amp_dtype = True, dtype  # the benchmark, like the trainer, does so on CUDA only
-    conv_dtypes = first_conv_output_dtypes(bench.model)
-    buffer_dtypes = {name: buffer.dtype for name, buffer in bench.model.named_buffers()}
+    # the benchmark, like the trainer, runs autocast on CUDA only
+    bench.step.amp = AmpSettings(enabled=True, dtype=dtype, loss_scaling=False)
+    conv_dtypes = first_conv_output_dtypes(bench.method)
+    buffer_dtypes = {name: buffer.dtype for name, buffer in bench.method.named_buffers()}
     for _ in range(2):
         terms = bench.train_step()
     assert conv_dtypes and set(conv_dtypes) == {dtype}  # autocast was on, at this dtype
@@ -48,16 +50,16 @@ def test_a_training_step_under_autocast_keeps_state_float32_finite_and_normalise
         if torch.is_tensor(value):
             assert value.dtype == torch.float32 and torch.isfinite(value).all(), (name, value)
     assert terms["loss"] > 0
-    for name in ("contrast", "ppc", "cp", "mixup"):  # the method's own term really ran
+    for name in ("contrast", "proto_contrast", "cp", "mixup"):  # the method's own term really ran
         if name in terms:
             assert terms[name] > 0, name
-    for name, parameter in bench.model.named_parameters():
+    for name, parameter in bench.method.named_parameters():
         assert parameter.dtype == torch.float32 and torch.isfinite(parameter).all(), name
-    for name, buffer in bench.model.named_buffers():
+    for name, buffer in bench.method.named_buffers():
         assert buffer.dtype == buffer_dtypes[name], name
         if buffer.is_floating_point():
             assert torch.isfinite(buffer).all(), name
-    for module in bench.model.modules():
+    for module in bench.method.modules():
         if isinstance(module, PrototypeBank):
             norms = module.prototypes.norm(dim=-1)
             torch.testing.assert_close(norms, torch.ones_like(norms), atol=1e-5, rtol=0)

@@ -237,10 +237,11 @@ def test_inference_flops_differ_by_exactly_the_protoseg_heads_matmuls():
     settings = preset_settings("cpu", CPU, quick=True)
     linear, protoseg = MethodBench("linear", settings), MethodBench("protoseg", settings)
     with torch.no_grad():
-        features = protoseg.model.decoder(protoseg.model.backbone(protoseg.batch["image"]))
+        network = protoseg.method.network
+        features = network.decoder(network.backbone(protoseg.batch["image"]))
     batch, cin, height, width = features.shape
     pixels = batch * height * width
-    head = protoseg.model.head
+    head = protoseg.method.network.head
     dim, classes, prototypes = head.bank.dim, head.num_classes, head.num_prototypes
     # proj (Cin -> Cin -> D) and the similarities (D -> C * K) against the linear classifier (Cin -> C)
     expected = 2 * pixels * (cin * cin + cin * dim + dim * classes * prototypes - cin * classes)

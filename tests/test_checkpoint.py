@@ -53,5 +53,5 @@ def test_poly_schedule():
     assert poly_lr_factor(0, 100) == 1.0
     assert poly_lr_factor(100, 100) == 0.0
     assert abs(poly_lr_factor(50, 100, power=0.9) - 0.5**0.9) < 1e-12
-    assert abs(poly_lr_factor(0, 100, warmup_iters=10) - 0.1) < 1e-12
-    assert abs(poly_lr_factor(5, 100, warmup_iters=10) - 0.55) < 1e-12
+    assert abs(poly_lr_factor(0, 100, lr_warmup_iters=10) - 0.1) < 1e-12
+    assert abs(poly_lr_factor(5, 100, lr_warmup_iters=10) - 0.55) < 1e-12

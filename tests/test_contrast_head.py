@@ -1,4 +1,4 @@
-"""ContrastHead (head contract) and ContrastSegLoss (criterion contract)."""
+"""ContrastHead (head contract), ContrastSegLoss (criterion contract) and the memory of ContrastMethod."""
 
 import math
 
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protoseg.losses import ContrastSegLoss, PixelContrastLoss
+from protoseg.methods import ContrastMethod
 from protoseg.models.heads import ContrastHead, ProjectionHead
 from protoseg.prototypes import PixelQueue
 
@@ -37,12 +38,11 @@ def test_projection_head_layers_and_unit_norm():
 
 def test_head_outputs_in_training_and_eval():
     features, target = batch()
-    head = ContrastHead(CHANNELS, CLASSES, proj_dim=PROJ, use_memory=True, memory_size=7)
+    head = ContrastHead(CHANNELS, CLASSES, proj_dim=PROJ)
     outputs = head(features, target)
-    assert set(outputs) == {"logits", "embeddings", "memory"}
+    assert set(outputs) == {"logits", "embeddings"}
     assert outputs["logits"].shape == (2, CLASSES, 12, 12)
     assert outputs["embeddings"].shape == (2, PROJ, 12, 12)
-    assert outputs["memory"] is head.memory
     assert torch.allclose(outputs["embeddings"].norm(dim=1), torch.ones(2, 12, 12), atol=1e-5)
     assert set(head(features)) == {"logits"}
     head.eval()
@@ -50,15 +50,30 @@ def test_head_outputs_in_training_and_eval():
     assert set(eval_outputs) == {"logits"}
     linear = F.conv2d(features, head.classifier.weight, head.classifier.bias)
     assert torch.allclose(eval_outputs["logits"], linear)
-    state = head.state_dict()
-    assert state["memory.pixel_queue"].shape == (CLASSES, 7, PROJ) and "memory.segment_filled" in state
-    assert "memory" not in ContrastHead(CHANNELS, CLASSES, proj_dim=PROJ)(features, target)
+
+
+class FeaturesAsImages(nn.Module):
+    """Stands in for a Segmentor: the method's "images" are the decoder features."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor | None = None) -> dict:
+        return self.head(images, target)
+
+
+def memory_method(criterion: ContrastSegLoss) -> ContrastMethod:
+    head = ContrastHead(CHANNELS, CLASSES, PROJ, dropout=0.0)
+    return ContrastMethod(
+        FeaturesAsImages(head), criterion, PixelQueue(CLASSES, PROJ, 50, pixels_per_image=4)
+    )
 
 
 def test_warmup_skips_the_contrast_and_ce_matches_reference():
     features, target = batch()
     head = ContrastHead(CHANNELS, CLASSES, proj_dim=PROJ, dropout=0.0)
-    criterion = ContrastSegLoss(warmup_iters=10, max_views=20)
+    criterion = ContrastSegLoss(start_iter=10, max_views=20)
     criterion.contrast.forward = lambda *args, **kwargs: pytest.fail("contrast computed during warm-up")
     terms = criterion(head(features, target), target, iteration=9)
     with torch.no_grad():
@@ -75,7 +90,7 @@ def test_warmup_skips_the_contrast_and_ce_matches_reference():
 def test_after_warmup_loss_is_weighted_sum_and_trains_both_heads():
     features, target = batch()
     head = ContrastHead(CHANNELS, CLASSES, proj_dim=PROJ, dropout=0.0)
-    criterion = ContrastSegLoss(contrast_weight=0.25, warmup_iters=0, max_views=20)
+    criterion = ContrastSegLoss(contrast_weight=0.25, start_iter=0, max_views=20)
     terms = criterion(head(features, target), target, iteration=0)
     assert terms["contrast"].item() > 0
     expected_total = terms["ce"].item() + 0.25 * terms["contrast"].item()
@@ -84,7 +99,7 @@ def test_after_warmup_loss_is_weighted_sum_and_trains_both_heads():
     assert head.classifier.weight.grad.abs().sum() > 0
     assert head.projection.layers[0].weight.grad.abs().sum() > 0
 
-    again = ContrastSegLoss(contrast_weight=0.25, warmup_iters=0, max_views=20)
+    again = ContrastSegLoss(contrast_weight=0.25, start_iter=0, max_views=20)
     head.zero_grad()
     assert again(head(features, target), target)["contrast"].item() == pytest.approx(terms["contrast"].item())
 
@@ -99,7 +114,7 @@ def test_contrast_uses_detached_argmax_predictions():
         seen["predictions"], seen["num_classes"] = predictions, num_classes
         return embeddings.sum() * 0
 
-    criterion = ContrastSegLoss(warmup_iters=0)
+    criterion = ContrastSegLoss(start_iter=0)
     criterion.contrast.forward = spy
     criterion(outputs, target)
     assert torch.equal(seen["predictions"], outputs["logits"].argmax(1))
@@ -110,44 +125,52 @@ def test_contrast_uses_detached_argmax_predictions():
 def test_ce_weight_zero_reports_zero_ce():
     features, target = batch()
     head = ContrastHead(CHANNELS, CLASSES, proj_dim=PROJ)
-    terms = ContrastSegLoss(ce_weight=0.0, warmup_iters=0, max_views=20)(head(features, target), target)
+    terms = ContrastSegLoss(ce_weight=0.0, start_iter=0, max_views=20)(head(features, target), target)
     assert terms["ce"].item() == 0.0
     assert terms["loss"].item() == pytest.approx(0.1 * terms["contrast"].item())
-    before_warmup = ContrastSegLoss(ce_weight=0.0, warmup_iters=5)(head(features, target), target)
+    before_warmup = ContrastSegLoss(ce_weight=0.0, start_iter=5)(head(features, target), target)
     assert before_warmup["loss"].item() == 0.0 and before_warmup["loss"].requires_grad
 
 
 def test_memory_is_contrasted_before_it_is_filled_and_filled_during_warmup():
     features, target = batch()
+    inputs = {"image": features, "mask": target}
+    criterion = ContrastSegLoss(start_iter=1, max_views=20)
+    method = memory_method(criterion)
+    method(inputs, 0)  # warm-up: no contrast, but the step's pixels are enqueued after it
+    assert int(method.memory.pixel_filled.sum()) == 0, "the memory is written after the step, not in it"
+    method.after_step(0)
+    assert method.memory.pixel_filled.tolist() == [8, 8, 8] and method.memory.segment_filled.tolist() == [
+        2,
+        2,
+        2,
+    ]
 
-    def memory_head():
-        return ContrastHead(CHANNELS, CLASSES, PROJ, use_memory=True, memory_size=50, pixels_per_image=4)
-
-    head = memory_head()
-    criterion = ContrastSegLoss(warmup_iters=1, max_views=20)
-    criterion(head(features, target), target, iteration=0)  # warm-up: no contrast, but enqueued
-    assert head.memory.pixel_filled.tolist() == [8, 8, 8] and head.memory.segment_filled.tolist() == [2, 2, 2]
-
-    fresh = memory_head()
-    terms = criterion(fresh(features, target), target, iteration=1)
+    fresh = memory_method(criterion)
+    terms = fresh(inputs, 1)
     assert terms["contrast"].item() == 0.0, "an empty memory has no positive: the loss came before enqueue"
+    fresh.after_step(1)
     assert int(fresh.memory.pixel_filled.sum()) == 24
 
-    outputs = fresh(features, target)
+    outputs = fresh.network(features, target)
     before = PixelQueue(CLASSES, PROJ, size=50, pixels_per_image=4)
     before.load_state_dict(fresh.memory.state_dict())
     replay = torch.Generator().set_state(criterion.generator(features.device).get_state())
     expected = PixelContrastLoss(max_views=20)(
         outputs["embeddings"], target, outputs["logits"].argmax(1), before, replay
     )
-    expected_gradient = torch.autograd.grad(expected, outputs["embeddings"], retain_graph=True)[0]
-    terms = criterion(outputs, target, iteration=2)
+    projection = list(fresh.network.head.projection.parameters())
+    expected_gradient = torch.autograd.grad(0.1 * expected, projection)
+    terms = fresh(inputs, 2)
     assert terms["contrast"].item() == pytest.approx(expected.item(), rel=1e-6) and expected.item() > 0
-    assert int(fresh.memory.pixel_filled.sum()) == 48, "enqueued in place before backward"
-    gradient = torch.autograd.grad(terms["loss"], outputs["embeddings"])[0]
-    # CE does not reach the embeddings: their gradient is the weighted contrast's, against the old memory
-    assert torch.allclose(gradient, 0.1 * expected_gradient, atol=1e-7), "backward saw the pre-enqueue memory"
+    # CE does not reach the projection: its gradient is the weighted contrast's, against the old memory
+    gradient = torch.autograd.grad(terms["loss"], projection)
+    for ours, reference in zip(gradient, expected_gradient):
+        assert torch.allclose(ours, reference, atol=1e-7)
+    fresh.after_step(2)
+    assert int(fresh.memory.pixel_filled.sum()) == 48
     assert not any(buffer.requires_grad for buffer in fresh.memory.buffers())
+    assert "memory.pixel_queue" in fresh.state_dict()
 
 
 def test_bad_sampling_raises():

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def cuda_bench(method: str, amp_dtype: str = "float16") -> MethodBench:
-    """The built-in benchmark's setting (shapes batch 8 at 128 x 128), on the GPU with AMP."""
+    """The built-in benchmark's setting (shapes batch 8 at 96 x 96), on the GPU with AMP."""
     settings = preset_settings("cpu", torch.device("cuda"))
     overrides = ["train.amp=true", f"train.amp_dtype={amp_dtype}"]
     settings = dataclasses.replace(settings, user_overrides=overrides)
@@ -31,20 +31,22 @@ def cuda_bench(method: str, amp_dtype: str = "float16") -> MethodBench:
 
 @pytest.mark.parametrize("method", list(FAMILY_OF))
 def test_forward_backward_and_optimiser_step_never_synchronise(method):
-    """``torch.cuda.set_sync_debug_mode("error")`` over the trainer's forward half (model, criterion,
-    prototype / memory updates), the backward and the optimiser step. The grad scaler (common to every
-    method) is left out: ``GradScaler.step`` reads its inf flag on the host by design."""
+    """``torch.cuda.set_sync_debug_mode("error")`` over the trainer's forward half (the method's losses),
+    the backward, the optimiser step and the method's after-step updates (prototypes, memories). The
+    grad scaler (common to every method) is left out: ``GradScaler.step`` reads its inf flag on the host
+    by design."""
     bench = cuda_bench(method)
     bench.train_step()  # lazy initialisations (cuBLAS / cuDNN handles, the sampling generator)
-    bench.model.train()
+    bench.method.train()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(2):
-            terms = bench._losses(bench.batch)
+            terms = bench.losses()
             bench.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             bench.optimizer.step()
+            bench.method.after_step(bench.iteration)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
@@ -58,7 +60,7 @@ def test_the_whole_bfloat16_step_never_synchronises(method):
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
     bench = cuda_bench(method, "bfloat16")
-    assert not bench.scaler.is_enabled()
+    assert not bench.step.scaler.is_enabled()
     bench.train_step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -81,9 +83,9 @@ def test_amp_training_steps_keep_state_finite_and_prototypes_unit_norm(method, a
     for name, value in terms.items():
         if torch.is_tensor(value) and value.is_floating_point():
             assert torch.isfinite(value).all(), name
-    for name, parameter in bench.model.named_parameters():
+    for name, parameter in bench.method.named_parameters():
         assert parameter.dtype == torch.float32 and torch.isfinite(parameter).all(), name
-    for module in bench.model.modules():
+    for module in bench.method.modules():
         if isinstance(module, PrototypeBank):
             assert module.prototypes.dtype == torch.float32
             norms = module.prototypes.norm(dim=-1)

@@ -1,7 +1,8 @@
 """Every method's training forward and inference on a CUDA device under AMP, without a GPU.
 
-The trainer's forward half (:meth:`Trainer._losses`: model and criterion under autocast, with the
-prototype / memory updates) and the inference entry points run on fake CUDA tensors (see
+The trainer's forward half (:meth:`TrainStep.losses`: the method's losses under autocast), the
+method's after-step updates (prototypes, memories) and the inference entry points run on fake CUDA
+tensors (see
 ``fake_cuda.py``): this proves, on a CPU-only machine, that nothing in them creates a tensor on the
 wrong device or synchronises the host (any data-dependent op raises), and that the outputs and
 buffers keep their dtypes under the CUDA autocast policy. Fake tensors do not check every dtype rule
@@ -13,7 +14,6 @@ benchmark's ``sync`` suite and ``test_protoseg_no_sync.py``.
 from __future__ import annotations
 
 import dataclasses
-from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -23,19 +23,14 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicO
 
 from fake_cuda import CUDA, cuda_reported_available, fake_batch, fake_cuda, fake_cuda_supported, to_fake_cuda
 from protoseg.benchmark.batches import shapes_batch
-from protoseg.benchmark.settings import (
-    FAMILY_OF,
-    STEADY_STATE_ITERATION,
-    WSSS,
-    BenchmarkSettings,
-    preset_settings,
-)
+from protoseg.benchmark.settings import FAMILY_OF, STEADY_STATE_ITERATION, BenchmarkSettings, preset_settings
 from protoseg.benchmark.steps import prepare_steady_state
 from protoseg.engine.amp import amp_settings
-from protoseg.engine.inference import predict_probabilities
-from protoseg.engine.trainer import Trainer
-from protoseg.losses.contrast_seg import ContrastSegLoss
-from protoseg.models.builder import build_criterion, build_model
+from protoseg.engine.optim import build_optimizer, build_scheduler
+from protoseg.engine.step import TrainStep
+from protoseg.methods import WEAKLY_SUPERVISED, DatasetInfo, build_method
+from protoseg.ops.inference import predict_probabilities
+from protoseg.ops.random import SeededGenerator
 from protoseg.prototypes import PrototypeBank
 from protoseg.wsss.cam_inference import multiscale_cam
 
@@ -44,11 +39,10 @@ pytestmark = pytest.mark.skipif(
     not fake_cuda_supported(),
     reason=f"torch {torch.__version__} cannot run fake CUDA tensors without a driver",
 )
-SEGMENTATION_METHODS = [method for method, family in FAMILY_OF.items() if family != WSSS]
-WSSS_METHODS = [method for method, family in FAMILY_OF.items() if family == WSSS]
+WSSS = WEAKLY_SUPERVISED
 
 
-def cpu_generator(self: ContrastSegLoss, device: torch.device) -> torch.Generator:
+def cpu_generator(self: SeededGenerator, device: torch.device) -> torch.Generator:
     # A CUDA generator needs a driver; fake random ops only use a generator's device for nothing.
     return torch.Generator().manual_seed(self.seed)
 
@@ -56,42 +50,37 @@ def cpu_generator(self: ContrastSegLoss, device: torch.device) -> torch.Generato
 def default_inference(wsss: bool):
     if wsss:
         return lambda model, images: model.cams(images)
-    return lambda model, images: model.predict(images)
+    return lambda model, images: model.network.predict(images)
 
 
 def on_fake_cuda(settings: BenchmarkSettings, method: str, inference=None) -> dict:
     """Build ``method`` for real on the CPU (memories filled as in the benchmark's steady state), move
-    it to fake CUDA, run the trainer's forward half on a shapes batch and then ``inference(model,
-    images)`` (default: ``predict`` / ``cams``) in eval mode under the config's autocast."""
+    it to fake CUDA, run the trainer's forward half and the method's after-step updates on a shapes
+    batch, then ``inference(model, images)`` (default: ``predict`` / ``cams``) in eval mode under the
+    config's autocast."""
     cfg = settings.config(method)
     wsss = FAMILY_OF[method] == WSSS
     torch.manual_seed(0)
-    model = build_model(cfg, settings.model_num_classes(method))
-    criterion = None if wsss else build_criterion(cfg)
+    dataset = DatasetInfo(settings.dataset_classes(method), has_background=True)
+    model = build_method(cfg.model, dataset, cfg.train.seed)
     prepare_steady_state(model)
     height, width = cfg.data.crop_size
     batch = shapes_batch(cfg.train.batch_size, height, width, settings.wsss_num_classes, CPU)
     if inference is None:
         inference = default_inference(wsss)
     with fake_cuda() as mode:
-        for module in (model, criterion):
-            if module is not None:
-                to_fake_cuda(module, mode)
+        to_fake_cuda(model, mode)
         before = {name: buffer.dtype for name, buffer in model.named_buffers()}
         amp = amp_settings(cfg.train.amp, cfg.train.amp_dtype, CUDA)
-        trainer = SimpleNamespace(
-            device=CUDA,
-            use_amp=amp.enabled,
-            amp_dtype=amp.dtype,
-            is_wsss=wsss,
-            ddp_model=model,
-            criterion=criterion,
-            iteration=STEADY_STATE_ITERATION,
-        )
         conv_dtypes = first_conv_output_dtypes(model)
-        with cuda_reported_available(), mock.patch.object(ContrastSegLoss, "generator", cpu_generator):
+        with cuda_reported_available(), mock.patch.object(SeededGenerator, "__call__", cpu_generator):
+            train = cfg.train
+            optimizer = build_optimizer(model, train.optimizer, train.lr, train.momentum, train.weight_decay)
+            scheduler = build_scheduler(optimizer, train.iterations)
+            step = TrainStep(model, optimizer, scheduler, amp, CUDA)
             model.train()
-            terms = Trainer._losses(trainer, fake_batch(batch, mode))
+            terms = step.losses(fake_batch(batch, mode), STEADY_STATE_ITERATION)
+            model.after_step(STEADY_STATE_ITERATION)
             model.eval()
             images = fake_batch(batch, mode)["image"].to(CUDA)
             with torch.no_grad(), torch.autocast("cuda", dtype=amp.dtype, enabled=amp.enabled):
@@ -174,11 +163,11 @@ def test_bfloat16_amp_runs_the_network_in_bfloat16_on_cuda():
 def test_multiscale_flip_and_sliding_window_inference_run_on_cuda_under_amp():
     def sliding(model, images):
         return predict_probabilities(
-            model.predict, images, 11, scales=(0.75, 1.0), flip=True, mode="slide", window=(96, 96)
+            model.network.predict, images, 11, scales=(0.75, 1.0), flip=True, mode="slide", window=(96, 96)
         )
 
     result = on_fake_cuda(with_amp("cpu"), "protoseg", inference=sliding)
-    assert result["output"].shape == (8, 11, 128, 128)
+    assert result["output"].shape == (8, 11, 96, 96)
     assert result["output"].device == CUDA and result["output"].dtype == torch.float32
 
     def cam(model, images):
@@ -186,7 +175,7 @@ def test_multiscale_flip_and_sliding_window_inference_run_on_cuda_under_amp():
         return multiscale_cam(model.cams, images[0], tags, scales=(0.5, 1.0))
 
     result = on_fake_cuda(with_amp("cpu"), "ppc", inference=cam)
-    assert result["output"].shape == (10, 128, 128)
+    assert result["output"].shape == (10, 96, 96)
     assert result["output"].device == CUDA and result["output"].dtype == torch.float32
 
 

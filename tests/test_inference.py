@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from protoseg.engine.inference import predict_probabilities, sliding_window_logits
+from protoseg.ops.inference import predict_probabilities, sliding_window_logits
 
 
 def pixelwise(images):

@@ -37,25 +37,25 @@ def test_config_trains(name, shapes_root, tmp_path):
         "train.device=cpu",
     ]
     cfg = load_config(ROOT / f"configs/shapes/{name}.yaml", overrides)
-    if cfg.model.head in ("contrast", "protoseg_contrast"):
-        cfg.model.contrast.warmup_iters = 2
+    if cfg.model.method in ("contrast", "protoseg_contrast"):
+        cfg.model.contrast.start_iter = 2
         cfg.model.contrast.max_views = 8  # 16x16 features: a class needs > max_views pixels
-    if cfg.model.wsss == "rca":
+    if cfg.model.method == "rca":
         cfg.model.rca.contrast_start_iter = 1
         cfg.model.rca.refresh_interval = 2
         cfg.model.rca.memory_size = 16
     trainer = Trainer(cfg, tmp_path / name, progress=False)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     metrics = trainer.train()
     assert metrics is not None and 0.0 <= metrics["mIoU"] <= 100.0
-    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
+    changed = [k for k, v in trainer.method.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "training changed nothing"
     records = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
     import json
 
     losses = [json.loads(r) for r in records if '"train"' in r]
     assert all(np.isfinite(r["loss"]) for r in losses)
-    if cfg.model.head in ("contrast", "protoseg_contrast"):
+    if cfg.model.method in ("contrast", "protoseg_contrast"):
         assert any(r.get("contrast", 0) > 0 for r in losses), "contrast never switched on after warm-up"
-    if cfg.model.wsss == "ppc":
+    if cfg.model.method == "ppc":
         assert all(r["cp"] > 0 for r in losses)

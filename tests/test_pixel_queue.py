@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from protoseg.ops.grouping import order_by_code_at_random
+from protoseg.ops.labels import resize_labels
 from protoseg.prototypes import PixelQueue
-from protoseg.prototypes.pixel_queue import order_by_code_at_random, resize_labels
 
 CLASSES, EXTRA = 4, 3
 DIM = CLASSES + EXTRA

@@ -62,7 +62,8 @@ def _worker(rank: int, port: int, result_path: str) -> None:
         data_bank.update(embeddings[mine], labels[mine], assignments, correct[mine])
         head = make_head()
         features, target = make_images()
-        head(features[rank : rank + 1], target[rank : rank + 1])
+        outputs = head(features[rank : rank + 1], target[rank : rank + 1])
+        head.update_prototypes(outputs["prototype_update"])
         torch.save(
             {
                 "bank": bank.prototypes,
@@ -116,5 +117,5 @@ def test_two_ranks_end_with_identical_global_batch_prototypes(tmp_path):
     # Without the all-reduce rank 0's head would only have learned from its own image.
     alone = make_head()
     features, target = make_images()
-    alone(features[:1], target[:1])
+    alone.update_prototypes(alone(features[:1], target[:1])["prototype_update"])
     assert not torch.allclose(alone.bank.prototypes, ranks[0]["head"], atol=1e-6)

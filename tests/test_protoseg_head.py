@@ -14,6 +14,13 @@ def make_head(**kwargs) -> ProtoSegHead:
     return ProtoSegHead(IN_CHANNELS, NUM_CLASSES, num_prototypes=NUM_PROTOTYPES, proj_dim=DIM, **kwargs)
 
 
+def learn(head: ProtoSegHead, features: torch.Tensor, target: torch.Tensor) -> dict:
+    """A training forward followed by the prototype update it hands over (as a method's after-step)."""
+    outputs = head(features, target)
+    head.update_prototypes(outputs["prototype_update"])
+    return outputs
+
+
 def make_batch(seed: int, height: int = 5, width: int = 4, ignore_fraction: float = 0.2):
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(2, IN_CHANNELS, height, width, generator=generator)
@@ -88,6 +95,8 @@ def test_training_step_clusters_updates_and_builds_targets_like_the_bank():
     head.train()
     before = head.bank.prototypes.reshape(-1, DIM).clone()
     outputs = head(features, target_full)  # the head resizes 8x8 -> 4x4 (nearest) itself
+    assert torch.equal(head.bank.prototypes.reshape(-1, DIM), before), "the forward updates nothing"
+    head.update_prototypes(outputs["prototype_update"])
     labels = target.reshape(-1)
     valid = labels != 255
     assignment = bank.cluster(embeddings, labels)
@@ -109,8 +118,8 @@ def test_gradients_reach_features_but_not_prototypes():
     head = make_head()
     features, target = make_batch(4)
     features.requires_grad_(True)
-    outputs = head(features, target)
-    losses = ProtoSegLoss(ppc_weight=1.0, ppd_weight=1.0)(outputs, target)
+    outputs = learn(head, features, target)
+    losses = ProtoSegLoss(proto_contrast_weight=1.0, proto_distance_weight=1.0)(outputs, target)
     losses["loss"].backward()  # no error although the bank was updated in place
     assert features.grad is not None and features.grad.abs().sum() > 0
     assert not head.bank.prototypes.requires_grad
@@ -125,7 +134,7 @@ def test_ignored_pixels_change_nothing_for_the_other_pixels():
     results = []
     for inputs in (features, altered):
         head = make_head(momentum=0.5)
-        outputs = head(inputs, target)
+        outputs = learn(head, inputs, target)
         losses = ProtoSegLoss()(outputs, target)
         results.append((outputs, losses, head.bank.prototypes.clone()))
     (first, first_losses, first_bank), (second, second_losses, second_bank) = results
@@ -134,7 +143,7 @@ def test_ignored_pixels_change_nothing_for_the_other_pixels():
     torch.testing.assert_close(flat(first["logits"])[keep], flat(second["logits"])[keep], rtol=0, atol=1e-6)
     assert torch.equal(first["proto_targets"], second["proto_targets"])
     torch.testing.assert_close(first_bank, second_bank, rtol=0, atol=1e-7)
-    for name in ("loss", "ce", "ppc", "ppd"):
+    for name in ("loss", "ce", "proto_contrast", "proto_distance"):
         torch.testing.assert_close(first_losses[name], second_losses[name], rtol=0, atol=1e-6)
 
 
@@ -144,7 +153,7 @@ def test_prototypes_are_buffers_saved_and_restored():
     assert not any("prototypes" in name for name in names)
     assert "bank.prototypes" in head.state_dict()
     features, target = make_batch(6)
-    head(features, target)
+    learn(head, features, target)
     restored = make_head()
     assert not torch.equal(restored.bank.prototypes, head.bank.prototypes)
     restored.load_state_dict(head.state_dict())
@@ -155,7 +164,7 @@ def test_autocast_keeps_the_bank_in_float32_and_unit_norm():
     head = make_head()
     features, target = make_batch(7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outputs = head(features, target)
+        outputs = learn(head, features, target)
         losses = ProtoSegLoss()(outputs, target)
     assert head.bank.prototypes.dtype == torch.float32
     torch.testing.assert_close(head.bank.prototypes.norm(dim=-1), torch.ones(NUM_CLASSES, NUM_PROTOTYPES))
@@ -168,7 +177,7 @@ def test_labels_outside_the_classes_are_ignored_and_gumbel_mode_is_seeded():
     runs = []
     for _ in range(2):
         head = make_head(assignment="gumbel", generator=torch.Generator().manual_seed(3))
-        runs.append((head(features, target)["proto_targets"], head.bank.prototypes.clone()))
+        runs.append((learn(head, features, target)["proto_targets"], head.bank.prototypes.clone()))
     assert (runs[0][0].view(2, 5, 4)[0, 0] == -1).all()
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
@@ -203,7 +212,7 @@ def test_without_projection_the_decoder_features_themselves_are_embedded():
     )
     head.train()
     features.requires_grad_(True)
-    outputs = head(features, target)
+    outputs = learn(head, features, target)
     ProtoSegLoss()(outputs, target)["loss"].backward()
     assert features.grad is not None and torch.isfinite(features.grad).all() and features.grad.abs().sum() > 0
     norms = head.bank.prototypes.norm(dim=-1)

@@ -57,16 +57,20 @@ def random_outputs(num_classes: int = 3, num_prototypes: int = 4, seed: int = 0)
 @pytest.mark.parametrize("temperature", [1.0, 0.1])
 def test_terms_match_references_and_are_weighted(temperature):
     outputs, target = random_outputs()
-    criterion = ProtoSegLoss(ppc_weight=0.01, ppd_weight=0.001, temperature=temperature)
+    criterion = ProtoSegLoss(proto_contrast_weight=0.01, proto_distance_weight=0.001, temperature=temperature)
     losses = criterion(outputs, target)
     targets = outputs["proto_targets"].tolist()
     assert math.isclose(float(losses["ce"]), reference_ce(outputs["logits"].detach(), target), rel_tol=1e-5)
     expected_ppc = reference_ppc(outputs["proto_logits"].detach(), targets, temperature)
-    assert math.isclose(float(losses["ppc"]), expected_ppc, rel_tol=1e-5)
+    assert math.isclose(float(losses["proto_contrast"]), expected_ppc, rel_tol=1e-5)
     assert math.isclose(
-        float(losses["ppd"]), reference_ppd(outputs["proto_logits"].detach(), targets), rel_tol=1e-5
+        float(losses["proto_distance"]),
+        reference_ppd(outputs["proto_logits"].detach(), targets),
+        rel_tol=1e-5,
     )
-    total = float(losses["ce"]) + 0.01 * float(losses["ppc"]) + 0.001 * float(losses["ppd"])
+    total = (
+        float(losses["ce"]) + 0.01 * float(losses["proto_contrast"]) + 0.001 * float(losses["proto_distance"])
+    )
     assert math.isclose(float(losses["loss"].detach()), total, rel_tol=1e-6)
     losses["loss"].backward()
     assert outputs["proto_logits"].grad[:3].abs().sum() == 0  # ignored pixels get no gradient
@@ -90,7 +94,7 @@ def test_no_valid_pixel_gives_zero_with_a_gradient_path():
     outputs, target = random_outputs()
     outputs["proto_targets"] = torch.full((24,), -1)
     losses = ProtoSegLoss()(outputs, target)
-    assert float(losses["ppc"]) == 0.0 and float(losses["ppd"]) == 0.0
+    assert float(losses["proto_contrast"]) == 0.0 and float(losses["proto_distance"]) == 0.0
     losses["loss"].backward()
     assert torch.equal(outputs["proto_logits"].grad, torch.zeros_like(outputs["proto_logits"]))
 

@@ -128,7 +128,7 @@ def test_resume_gives_the_same_weights(shapes_root, tmp_path):
     resumed = Trainer(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert resumed.iteration == 4
     resumed.train()
-    expected, got = straight.model.state_dict(), resumed.model.state_dict()
+    expected, got = straight.method.state_dict(), resumed.method.state_dict()
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
@@ -137,15 +137,15 @@ def test_resume_gives_the_same_weights(shapes_root, tmp_path):
 def test_protoseg_head_trains_and_keeps_prototypes_in_checkpoint(shapes_root, tmp_path):
     cfg = load_config(
         ROOT / "configs/shapes/linear.yaml",
-        tiny_overrides(shapes_root, **{"model.head": "protoseg", "model.protoseg.num_prototypes": 3}),
+        tiny_overrides(shapes_root, **{"model.method": "protoseg", "model.protoseg.num_prototypes": 3}),
     )
     trainer = Trainer(cfg, tmp_path / "proto", progress=False)
-    before = trainer.model.head.bank.prototypes.clone()
+    before = trainer.method.network.head.bank.prototypes.clone()
     trainer.train()
-    after = trainer.model.head.bank.prototypes
+    after = trainer.method.network.head.bank.prototypes
     assert not torch.equal(before, after)
     state = torch.load(tmp_path / "proto/checkpoints/last.pt", weights_only=True)
-    assert torch.equal(state["model"]["head.bank.prototypes"], after)
+    assert torch.equal(state["model"]["network.head.bank.prototypes"], after)
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert id(after) not in optimised
 
@@ -160,7 +160,7 @@ def free_port() -> int:
 def test_ddp_two_gloo_processes(shapes_root, tmp_path):
     run_dir = tmp_path / "ddp"
     overrides = tiny_overrides(
-        shapes_root, **{"train.batch_size": 2, "model.head": "protoseg", "model.protoseg.num_prototypes": 2}
+        shapes_root, **{"train.batch_size": 2, "model.method": "protoseg", "model.protoseg.num_prototypes": 2}
     )
     command = [
         sys.executable,

@@ -88,7 +88,7 @@ def proto_run(shapes_root, tmp_path_factory):
     overrides = _overrides(
         shapes_root,
         **{
-            "model.head": "protoseg",
+            "model.method": "protoseg",
             "model.protoseg.num_prototypes": NUM_PROTOTYPES,
             "model.protoseg.proj_dim": 16,
             "model.protoseg.momentum": 0.5,  # prototypes that moved away from their initialisation
@@ -254,8 +254,8 @@ def test_bad_input_gives_clear_errors(proto_run, linear_run, tmp_path, capsys):
     for command in ("similarity", "exemplars"):
         code, _, err = _run_cli(capsys, command, linear_run, "--out", tmp_path)
         assert code == 2 and "LinearHead" in err and "no prototypes" in err, err
-    code, _, err = _run_cli(capsys, "predictions", proto_run, "--set", "model.wsss=cam", "--out", tmp_path)
-    assert code == 2 and "model.wsss=cam" in err and "visualize cams" in err
+    code, _, err = _run_cli(capsys, "predictions", proto_run, "--set", "model.method=cam", "--out", tmp_path)
+    assert code == 2 and "model.method=cam" in err and "visualize cams" in err
     code, _, err = _run_cli(capsys, "similarity", tmp_path / "missing_run")
     assert code == 2 and "missing_run" in err
     code, _, err = _run_cli(capsys, "curves", tmp_path)
@@ -433,7 +433,7 @@ def test_curves_and_per_class_iou(proto_run, tmp_path, capsys):
         "lr",
         "seconds_per_iter",
     }
-    assert {"loss", "ce", "ppc", "ppd"} <= terms
+    assert {"loss", "ce", "proto_contrast", "proto_distance"} <= terms
     assert _png_size(paths[0]) == figure_pixels(*curves_figure_inches(len(terms) + 3))
     assert _png_size(paths[1]) == figure_pixels(*per_class_figure_inches(NUM_CLASSES))
     metrics = json.loads(eval_json.read_text())

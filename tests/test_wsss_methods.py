@@ -1,4 +1,4 @@
-"""WSSS methods: the CAM baseline, PPC's two-view construction, the builder, and a tiny end-to-end step."""
+"""WSSS methods: the CAM baseline, PPC's two-view construction, and a tiny end-to-end step."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from protoseg.losses import PixelToPrototypeContrast
+from protoseg.methods import CAMMethod, PPCMethod
 from protoseg.models.cam import CAMNet, cam_classification_loss
-from protoseg.wsss.methods import CAMBaseline, PPCMethod, build_wsss_method
 
 
 class TinyConvBackbone(nn.Module):
@@ -34,6 +34,14 @@ def make_network(num_classes: int = 4) -> CAMNet:
     return CAMNet(TinyConvBackbone(), num_classes=num_classes, proj_dim=16)
 
 
+def ppc(network: CAMNet, scale_factor: float = 0.5, **options) -> PPCMethod:
+    return PPCMethod(network, PixelToPrototypeContrast(**options), scale_factor=scale_factor)
+
+
+def batch_of(images: torch.Tensor, tags: torch.Tensor) -> dict:
+    return {"image": images, "tags": tags}
+
+
 def make_batch():
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(2, 3, 64, 64, generator=generator)
@@ -42,10 +50,11 @@ def make_batch():
 
 
 def test_baseline_loss_is_the_classification_loss():
-    network = make_network()
-    method = CAMBaseline(network)
+    torch.manual_seed(0)
+    network = CAMNet(TinyConvBackbone(), num_classes=4, proj_dim=None)
+    method = CAMMethod(network)
     images, tags = make_batch()
-    terms = method(images, tags)
+    terms = method(batch_of(images, tags))
     torch.testing.assert_close(terms["loss"], cam_classification_loss(network(images)["cam"], tags))
     assert set(terms) == {"loss", "cls"} and method.num_classes == 4
     assert method.cams(images).shape == (2, 4, 16, 16)
@@ -56,7 +65,7 @@ def test_ppc_two_views_and_total_match_a_manual_computation():
     contrast = PixelToPrototypeContrast(top_k=16, generator=torch.Generator().manual_seed(3))
     method = PPCMethod(network, contrast, scale_factor=0.5)
     images, tags = make_batch()
-    terms = method(images, tags)
+    terms = method(batch_of(images, tags))
 
     target_images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(method.target_view(images), target_images)
@@ -86,10 +95,10 @@ def test_ppc_target_size_overrides_scale_factor():
 @pytest.mark.parametrize("mining", ["paper", "released"])
 def test_ppc_end_to_end_step(mining):
     network = make_network()
-    method = build_wsss_method("ppc", network, mining=mining, top_k=8, scale_factor=0.5)
+    method = ppc(network, mining=mining, top_k=8)
     images, tags = make_batch()
     tags[1] = 0  # an image without tags
-    terms = method(images, tags, iteration=0)
+    terms = method(batch_of(images, tags), 0)
     assert torch.isfinite(terms["loss"])
     terms["loss"].backward()
     for name, parameter in network.named_parameters():
@@ -98,25 +107,22 @@ def test_ppc_end_to_end_step(mining):
     assert method.cams(images).shape == (2, 4, 16, 16)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01)
     optimizer.step()
-    assert torch.isfinite(method(images, tags)["loss"])
+    assert torch.isfinite(method(batch_of(images, tags))["loss"])
 
 
 def test_ppc_method_step_has_no_host_synchronisation():
-    method = build_wsss_method("ppc", make_network(), top_k=8, scale_factor=0.5, generator=torch.Generator())
+    method = ppc(make_network(), top_k=8, generator=torch.Generator())
     images, tags = make_batch()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        method(images, tags)["loss"].backward()
+        method(batch_of(images, tags))["loss"].backward()
     names = {event.name for event in profile.events()}
     assert not names & {"aten::nonzero", "aten::item", "aten::_local_scalar_dense"}
 
 
-def test_builder_errors_list_valid_names_and_options():
-    assert isinstance(build_wsss_method("cam", make_network()), CAMBaseline)
-    with pytest.raises(ValueError, match=r"unknown WSSS method 'seam'.*'cam', 'ppc'"):
-        build_wsss_method("seam", make_network())
-    with pytest.raises(ValueError, match="top_kk"):
-        build_wsss_method("ppc", make_network(), top_kk=3)
-    with pytest.raises(ValueError, match="no options"):
-        build_wsss_method("cam", make_network(), mining="paper")
+def test_bad_options_name_the_value():
+    with pytest.raises(TypeError, match="top_kk"):
+        ppc(make_network(), top_kk=3)
     with pytest.raises(ValueError, match="scale_factor"):
-        build_wsss_method("ppc", make_network(), scale_factor=1.5)
+        ppc(make_network(), scale_factor=1.5)
+    with pytest.raises(ValueError, match="projector"):
+        PPCMethod(CAMNet(TinyConvBackbone(), num_classes=4, proj_dim=None), PixelToPrototypeContrast())

@@ -14,7 +14,7 @@ import torch
 
 
 def _device(name: str) -> torch.device:
-    from .engine.trainer import resolve_device
+    from .engine.device import resolve_device
 
     return resolve_device(name)
 
@@ -59,8 +59,8 @@ TTA_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.datasets import build_split_dataset
-    from .engine.evaluator import evaluate_cam_seeds, evaluate_segmentation
-    from .engine.loading import config_for, find_checkpoint, load_trained_model
+    from .engine.evaluator import evaluate, validation_settings
+    from .engine.loading import config_for, find_checkpoint, load_trained_method
     from .ops.metrics import format_metrics_table
 
     target = Path(args.target)
@@ -75,14 +75,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         raise SystemExit("protoseg eval: give --checkpoint when evaluating a config file")
     device = _device(cfg.train.device)
-    model, cfg, _ = load_trained_model(checkpoint, device, cfg)
+    method, cfg, _ = load_trained_method(checkpoint, device, cfg)
     dataset = build_split_dataset(cfg.data, args.split)
-    if cfg.model.wsss:
-        metrics = evaluate_cam_seeds(model, dataset, device, cfg.eval.cam_threshold, progress=not args.json)
-    else:
-        metrics = evaluate_segmentation(
-            model, dataset, device, cfg.eval, progress=not args.json, window=cfg.data.crop_size
-        )
+    metrics = evaluate(method, dataset, device, validation_settings(cfg), progress=not args.json)
     metrics = {**metrics, "checkpoint": str(checkpoint), "split": args.split}
     if args.json:
         print(json.dumps(metrics, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
@@ -95,13 +90,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # -- predict --------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.loading import load_trained_model
+    from .engine.loading import load_trained_method
     from .engine.predict import collect_images, predict_files
+    from .methods import SegmentationMethod
 
     device = _device(args.device)
-    model, cfg, meta = load_trained_model(args.checkpoint, device)
-    if cfg.model.wsss:
-        raise SystemExit("protoseg predict needs a segmentor checkpoint; use `protoseg cam` for CAM networks")
+    model, cfg, meta = load_trained_method(args.checkpoint, device)
+    if not isinstance(model, SegmentationMethod):
+        raise SystemExit(
+            f"protoseg predict needs a segmentor checkpoint; {args.checkpoint} holds a weakly supervised "
+            f"model.method={cfg.model.method} network: use `protoseg cam` for its CAMs"
+        )
     if args.tta:
         cfg.eval.scales, cfg.eval.flip = TTA_SCALES, True
     written = predict_files(model, cfg, meta, collect_images(args.inputs), Path(args.out), device)
@@ -113,15 +112,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # -- WSSS stages ----------------------------------------------------------------------------------
 def cmd_cam(args: argparse.Namespace) -> int:
     from .engine.datasets import build_split_dataset
-    from .engine.loading import config_for, find_checkpoint, load_trained_model
+    from .engine.loading import config_for, find_checkpoint, load_trained_method
+    from .methods import WeaklySupervisedMethod
     from .wsss.cam_inference import run_cam_inference
 
     cfg = config_for(args.run_dir, args.set)
     device = _device(cfg.train.device)
     checkpoint = args.checkpoint or find_checkpoint(args.run_dir)
-    method, cfg, _ = load_trained_model(checkpoint, device, cfg)
-    if not cfg.model.wsss:
-        raise SystemExit(f"protoseg cam: {checkpoint} is not a CAM network (model.wsss is unset)")
+    method, cfg, _ = load_trained_method(checkpoint, device, cfg)
+    if not isinstance(method, WeaklySupervisedMethod):
+        raise SystemExit(
+            f"protoseg cam: {checkpoint} holds a model.method={cfg.model.method} segmentor, not a CAM network"
+        )
     dataset = build_split_dataset(cfg.data, args.split)
     summary = run_cam_inference(
         method.cams,

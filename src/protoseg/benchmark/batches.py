@@ -8,8 +8,6 @@ import torch
 from ..data.shapes import SHAPES_CLASS_NAMES, render_shapes_sample
 from ..data.tags import tags_from_mask
 
-IGNORE_INDEX = 255
-
 
 def shapes_batch(
     batch_size: int,

@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from ..engine.trainer import resolve_device
+    from ..engine.device import resolve_device
     from .settings import preset_settings
 
     settings = preset_settings(args.preset, resolve_device(args.device), quick=args.quick)

@@ -119,7 +119,7 @@ def measure_step_memory(method: str, settings: BenchmarkSettings) -> dict[str, A
     bench = MethodBench(method, settings)
     for _ in range(max(1, settings.warmup)):
         bench.train_step()
-    modules = [bench.model] + ([bench.criterion] if bench.criterion is not None else [])
+    modules = [bench.method]
     state = tensor_state_mb(modules, bench.optimizer)
     if cuda:
         torch.cuda.synchronize(device)

@@ -1,15 +1,18 @@
 """What is benchmarked: the methods, their baselines, the presets and one config per method.
 
-Every method of a family is built from the same config apart from ``model.head`` / ``model.wsss``, so
-the methods share backbone, decoder, batch and crop and differ only by what the method adds.
+A preset names one config file of protoseg's own configs per method (the files ``protoseg train``
+uses), plus a few overrides that make it a benchmark (no weight download, the preset's AMP). The
+configs of a family share their ``_base_`` file, so the methods of a family share backbone, decoder,
+batch and crop and differ only by what the method adds.
 
 Presets:
 
-- ``cpu`` (default): the built-in benchmark (configs/shapes): ``tf_efficientnet_lite0`` without
-  pretrained weights, decoder 128, D = 128, batch 8, 128 x 128 crops, 11 classes (10 foreground tags
-  for WSSS, backbone at output stride 16), no AMP.
-- ``gpu``: the papers' setting: HRNet-W48 (decoder and ProtoSeg D = 720), batch 8, 512 x 1024 crops,
-  19 classes (Cityscapes), AMP; WSSS on ResNet-101 at output stride 16, 448 x 448 crops, 20 tags (VOC).
+- ``cpu`` (default): the built-in benchmark, ``configs/shapes/*.yaml`` (``tf_efficientnet_lite0``,
+  decoder 128, D = 128, batch 8, 96 x 96 crops, 11 classes; WSSS: 10 foreground tags, output stride 16),
+  no AMP.
+- ``gpu``: the papers' settings, ``configs/cityscapes/*`` (HRNet-W48, decoder and ProtoSeg D = 720,
+  batch 8, 512 x 1024 crops, 19 classes, AMP) and ``configs/voc/wsss-*`` (ResNet-101 at output stride
+  16, 448 x 448 crops, 20 tags, AMP).
 - ``quick`` (``--quick``, either preset): the built-in tiny CNN, batch 2, 64 x 64, few repeats and
   small component sizes, to check that everything runs (under a minute on a CPU).
 """
@@ -18,23 +21,61 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 
 import torch
 
 from ..config import Config, load_config
+from ..methods import BASELINES, METHODS, method_class
 
-SEGMENTATION = "segmentation"
-WSSS = "wsss"
-METHODS: dict[str, tuple[str, ...]] = {
-    SEGMENTATION: ("linear", "protoseg", "contrast", "protoseg_contrast"),
-    WSSS: ("cam", "ppc", "rca"),
+METHODS_BY_FAMILY: dict[str, tuple[str, ...]] = {
+    family: tuple(name for name, method in METHODS.items() if method.family == family) for family in BASELINES
 }
-BASELINES: dict[str, str] = {SEGMENTATION: "linear", WSSS: "cam"}
-FAMILY_OF: dict[str, str] = {method: family for family, names in METHODS.items() for method in names}
+FAMILY_OF: dict[str, str] = {name: method.family for name, method in METHODS.items()}
 
 STEADY_STATE_ITERATION = 1_000_000
-"""Iteration passed to every criterion / WSSS method: past every warm-up and start gate (contrast
-``warmup_iters``, RCA ``contrast_start_iter``), so each method pays its full per-step cost."""
+"""Iteration passed to every method: past every warm-up and start gate (contrast ``start_iter``, RCA
+``contrast_start_iter``), so each method pays its full per-step cost."""
+
+PRESET_CONFIGS: dict[str, dict[str, str]] = {
+    "cpu": {
+        "linear": "shapes/linear.yaml",
+        "protoseg": "shapes/protoseg.yaml",
+        "contrast": "shapes/contrast.yaml",
+        "protoseg_contrast": "shapes/protoseg_contrast.yaml",
+        "cam": "shapes/wsss_cam.yaml",
+        "ppc": "shapes/wsss_ppc.yaml",
+        "rca": "shapes/wsss_rca.yaml",
+    },
+    "gpu": {
+        "linear": "cityscapes/linear_hrnet-w48_1x8-80k_cityscapes-512x1024.yaml",
+        "protoseg": "cityscapes/protoseg_hrnet-w48_1x8-80k_cityscapes-512x1024.yaml",
+        "contrast": "cityscapes/contrast_hrnet-w48_1x8-40k_cityscapes-512x1024.yaml",
+        "protoseg_contrast": "cityscapes/protoseg-contrast_hrnet-w48_1x8-80k_cityscapes-512x1024.yaml",
+        "cam": "voc/wsss-cam_r101-d16_1x8-8ep_voc12aug-448x448.yaml",
+        "ppc": "voc/wsss-ppc_r101-d16_1x8-8ep_voc12aug-448x448.yaml",
+        "rca": "voc/wsss-rca_r101-d16_1x8-8ep_voc12aug-448x448.yaml",
+    },
+}
+"""The config file of each method in each preset, relative to protoseg's configs folder."""
+
+PRESET_OVERRIDES: dict[str, list[str]] = {
+    "cpu": ["model.backbone.pretrained=false", "train.amp=false"],
+    "gpu": ["model.backbone.pretrained=false", "train.amp=true"],
+}
+"""What makes a config a benchmark: no weights to load (they do not change the cost), the preset's AMP."""
+
+PRESET_CLASSES: dict[str, dict[str, int]] = {
+    # classes of the preset's datasets, background included (WSSS models predict one fewer)
+    "cpu": {"segmentation": 11, "wsss": 11},
+    "gpu": {"segmentation": 19, "wsss": 21},
+}
+
+
+def config_path(relative: str) -> Path:
+    """A config file shipped with protoseg (``protoseg/configs/<relative>``)."""
+    return Path(str(resources.files("protoseg") / "configs" / relative))
 
 
 @dataclass
@@ -66,11 +107,10 @@ class BenchmarkSettings:
 
     preset: str
     device: torch.device
-    num_classes: int  # segmentation classes, background included
-    wsss_num_classes: int  # foreground tags
-    common_overrides: list[str]
-    segmentation_overrides: list[str]
-    wsss_overrides: list[str]
+    config_files: dict[str, str]
+    preset_overrides: list[str]
+    classes: dict[str, int]
+    quick_overrides: list[str] = field(default_factory=list)
     warmup: int = 2
     repeats: int = 10
     memory_steps: int = 2
@@ -84,95 +124,66 @@ class BenchmarkSettings:
     user_overrides: list[str] = field(default_factory=list)
 
     def config(self, method: str) -> Config:
-        """The config of ``method`` (a head or a WSSS method name) under these settings."""
+        """The config of ``method`` under these settings: its preset file and the overrides."""
         family = family_of(method)
-        selector = f"model.head={method}" if family == SEGMENTATION else f"model.wsss={method}"
-        family_overrides = self.segmentation_overrides if family == SEGMENTATION else self.wsss_overrides
-        return load_config(None, self.common_overrides + family_overrides + [selector] + self.user_overrides)
+        quick = [_untagged(item) for item in self.quick_overrides if _applies(item, family)]
+        path = config_path(self.config_files[method])
+        return load_config(path, self.preset_overrides + quick + self.user_overrides)
 
-    def model_num_classes(self, method: str) -> int:
-        """Classes the model predicts: all classes for a segmentor, the foreground tags for WSSS."""
-        return self.num_classes if family_of(method) == SEGMENTATION else self.wsss_num_classes
+    @property
+    def num_classes(self) -> int:
+        """Segmentation classes, background included."""
+        return self.classes["segmentation"]
+
+    @property
+    def wsss_num_classes(self) -> int:
+        """Foreground tags of the WSSS dataset."""
+        return self.classes["wsss"] - 1
+
+    def dataset_classes(self, method: str) -> int:
+        """Classes of the dataset ``method`` trains on (background included)."""
+        return self.classes[family_of(method)]
 
     def methods_of(self, family: str) -> list[str]:
         """The selected methods of ``family``, baseline first (added when any method of the family is
         selected); empty when none is."""
         baseline = BASELINES[family]
-        selected = [method for method in METHODS[family] if method in self.methods and method != baseline]
+        selected = [m for m in METHODS_BY_FAMILY[family] if m in self.methods and m != baseline]
         if not selected and baseline not in self.methods:
             return []
         return [baseline] + selected
 
 
 def family_of(method: str) -> str:
-    if method not in FAMILY_OF:
-        raise ValueError(f"unknown method '{method}' (valid: {', '.join(FAMILY_OF)})")
-    return FAMILY_OF[method]
+    return method_class(method).family
 
 
-_SHAPES_NUM_CLASSES = 11
+def _applies(override: str, family: str) -> bool:
+    """Quick overrides are tagged ``segmentation:`` / ``wsss:`` or apply to both."""
+    tag, _, _ = override.partition(":")
+    return tag not in BASELINES or tag == family
 
-_CPU_COMMON = [
-    "model.backbone.name=tf_efficientnet_lite0",
-    "model.backbone.pretrained=false",
-    "train.batch_size=8",
-    "data.crop_size=[128, 128]",
-    "data.scale_range=[0.75, 1.5]",
-    "data.mean=[0.5, 0.5, 0.5]",
-    "data.std=[0.5, 0.5, 0.5]",
-    "train.optimizer=sgd",
-    "train.lr=0.02",
-    "train.momentum=0.9",
-    "train.weight_decay=0.0001",
-    "train.amp=false",
-]
-_CPU_SEGMENTATION = [
-    "model.decoder.channels=128",
-    "model.protoseg.proj_dim=128",
-    "model.contrast.proj_dim=128",
-]
-_CPU_WSSS = [
-    "model.backbone.output_stride=16",
-    "model.ppc.scale_factor=0.5",
-    "model.rca.memory_size=200",
-    "model.rca.kmeans_iters=10",
-]
-_GPU_COMMON = [
-    "model.backbone.pretrained=false",
-    "train.batch_size=8",
-    "train.optimizer=sgd",
-    "train.lr=0.01",
-    "train.momentum=0.9",
-    "train.weight_decay=0.0005",
-    "train.amp=true",
-]
-_GPU_SEGMENTATION = [
-    "model.backbone.name=hrnet_w48",
-    "data.crop_size=[512, 1024]",
-    "model.decoder.channels=null",
-    "model.protoseg.proj_dim=null",
-    "model.contrast.proj_dim=256",
-]
-_GPU_WSSS = [
-    "model.backbone.name=resnet101",
-    "model.backbone.output_stride=16",
-    "data.crop_size=[448, 448]",
-    "model.rca.memory_size=500",
-]
-_QUICK_COMMON = [
+
+def _untagged(override: str) -> str:
+    tag, _, rest = override.partition(":")
+    return rest if tag in BASELINES else override
+
+
+_QUICK_OVERRIDES = [
     "model.backbone.name=tiny",
     "model.backbone.pretrained=false",
     "train.batch_size=2",
     "data.crop_size=[64, 64]",
     "train.amp=false",
+    "segmentation:model.decoder.channels=32",
+    "segmentation:model.protoseg.proj_dim=32",
+    "segmentation:model.contrast.proj_dim=32",
+    # 16 x 16 features per image: 100 views would sample no anchor
+    "segmentation:model.contrast.max_views=16",
+    "wsss:model.rca.memory_size=20",
+    "wsss:model.rca.kmeans_iters=3",
+    "wsss:model.ppc.top_k=4",
 ]
-_QUICK_SEGMENTATION = [
-    "model.decoder.channels=32",
-    "model.protoseg.proj_dim=32",
-    "model.contrast.proj_dim=32",
-    "model.contrast.max_views=16",  # 16 x 16 features per image: 100 views would sample no anchor
-]
-_QUICK_WSSS = ["model.rca.memory_size=20", "model.rca.kmeans_iters=3", "model.ppc.top_k=4"]
 
 QUICK_SCALING = ScalingSettings(
     classes=(19, 59, 150, 171),
@@ -190,30 +201,20 @@ QUICK_SCALING = ScalingSettings(
     repeats=2,
 )
 
-PRESETS = ("cpu", "gpu")
+PRESETS = tuple(PRESET_CONFIGS)
 
 
 def preset_settings(preset: str, device: torch.device, quick: bool = False) -> BenchmarkSettings:
     """The settings of ``preset`` (``cpu`` | ``gpu``) on ``device``; ``quick`` shrinks everything."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}' (valid: {', '.join(PRESETS)})")
-    if preset == "cpu":
-        settings = BenchmarkSettings(
-            preset,
-            device,
-            _SHAPES_NUM_CLASSES,
-            _SHAPES_NUM_CLASSES - 1,
-            _CPU_COMMON,
-            _CPU_SEGMENTATION,
-            _CPU_WSSS,
-        )
-    else:
-        settings = BenchmarkSettings(preset, device, 19, 20, _GPU_COMMON, _GPU_SEGMENTATION, _GPU_WSSS)
+    settings = BenchmarkSettings(
+        preset, device, PRESET_CONFIGS[preset], PRESET_OVERRIDES[preset], PRESET_CLASSES[preset]
+    )
     if quick:
         settings = dataclasses.replace(
             settings,
-            segmentation_overrides=settings.segmentation_overrides + _QUICK_COMMON + _QUICK_SEGMENTATION,
-            wsss_overrides=settings.wsss_overrides + _QUICK_COMMON + _QUICK_WSSS,
+            quick_overrides=_QUICK_OVERRIDES,
             warmup=1,
             repeats=3,
             memory_steps=1,

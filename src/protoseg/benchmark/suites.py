@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 
+from ..methods import BASELINES
 from .components import component_scaling
 from .data_loading import loader_throughput
 from .flops import count_flops
 from .host_sync import count_host_syncs
 from .memory import measure_in_fresh_processes, measure_step_memory
-from .settings import BASELINES, METHODS, BenchmarkSettings
+from .settings import METHODS_BY_FAMILY, BenchmarkSettings
 from .steps import MethodBench
 from .timing import interleaved_times, milliseconds, paired_ratio, paired_ratio_quartiles
 
@@ -37,7 +38,7 @@ class MethodPool:
         return self._benches[family]
 
     def families(self) -> list[str]:
-        return [family for family in METHODS if self.settings.methods_of(family)]
+        return [family for family in METHODS_BY_FAMILY if self.settings.methods_of(family)]
 
 
 def compare_times(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, Any]]:
@@ -146,7 +147,7 @@ def memory_suite(settings: BenchmarkSettings, in_process: bool = False) -> dict[
     """Peak memory of every method's training step (see :mod:`protoseg.benchmark.memory`), each in a
     fresh process unless ``in_process`` (approximate: memory freed by one method can hide another's)."""
     results: dict[str, Any] = {"isolation": "in_process" if in_process else "fresh_process"}
-    for family in METHODS:
+    for family in METHODS_BY_FAMILY:
         methods = settings.methods_of(family)
         if not methods:
             continue

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..methods import BASELINES, SEGMENTATION, method_class
+
 STEP_RATIO_LIMITS: dict[str, dict[str, float]] = {
     # method: {device type: maximum training-step time ratio to the family's baseline}
     "protoseg": {"cpu": 1.10, "cuda": 1.05},
@@ -38,7 +40,7 @@ def evaluate_targets(results: dict[str, Any], device_type: str) -> list[dict[str
     """Every target the results can speak to, in a fixed order."""
     checks: list[dict[str, Any]] = []
     for method, limits in STEP_RATIO_LIMITS.items():
-        family = "wsss" if method in ("ppc", "rca") else "segmentation"
+        family = method_class(method).family
         entry = _family_methods(results, "step", family).get(method)
         limit = limits.get(device_type, limits["cpu"])
         ratio = entry["ratio"] if entry else None
@@ -50,8 +52,8 @@ def evaluate_targets(results: dict[str, Any], device_type: str) -> list[dict[str
                 None if ratio is None else ratio <= limit,
             )
         )
-    for method, entry in _family_methods(results, "inference", "segmentation").items():
-        if method == "linear":
+    for method, entry in _family_methods(results, "inference", SEGMENTATION).items():
+        if method == BASELINES[SEGMENTATION]:
             continue
         ratio = entry["ratio"]
         checks.append(

@@ -1,8 +1,9 @@
 """protoseg.data: datasets in their native formats, the synthetic shapes benchmark, paired
 transforms, seeded sampling and image-level tags."""
 
+from ..ops.labels import IGNORE_INDEX
 from .ade20k import ADE20KDataset
-from .base import IGNORE_INDEX, SegmentationDataset
+from .base import SegmentationDataset
 from .build import DATASETS, build_dataset
 from .cityscapes import CityscapesDataset
 from .cocostuff import COCOStuffDataset

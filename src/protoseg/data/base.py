@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..ops.labels import IGNORE_INDEX
 from .tags import load_tag_file, tags_from_mask
+from .transforms import build_transforms
 
-IGNORE_INDEX = 255
 CLS_LABELS_FILE = "cls_labels.npy"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -130,8 +131,6 @@ class SegmentationDataset(Dataset):
         self.palette = [list(colour) for colour in palette][: self.num_classes]
         self.has_background = has_background
         if transforms is None:
-            from .transforms import build_transforms
-
             transforms = build_transforms(train=False)
         self.transforms = transforms
         self.tag_source, self.tag_table = self._load_tag_table(tag_file)

@@ -1,10 +1,24 @@
 """Class names and colour palettes of the supported datasets.
 
-A palette is a list of ``[r, g, b]`` uint8 triples, one per class; masks are saved as palette
-('P' mode) PNGs whose index 255 (ignore) is drawn white.
+A palette is a list of ``[r, g, b]`` uint8 triples, one per class. Every label map protoseg writes
+(dataset masks, predictions, pseudo labels) and every picture it draws uses :func:`full_palette`:
+the classes' colours, black for indices beyond them, and VOC's void colour for the ignore label 255.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..files import atomic_write
+from ..ops.labels import IGNORE_INDEX
+
+IGNORE_COLOUR = (224, 224, 192)
+"""Colour of the ignore label 255: Pascal VOC's "void" boundary colour."""
 
 VOC_CLASS_NAMES: tuple[str, ...] = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -84,9 +98,40 @@ def voc_palette(num_classes: int = 256) -> list[list[int]]:
     return palette
 
 
-def png_palette(palette: list[list[int]]) -> list[int]:
-    """A flat 768-value palette for ``PIL.Image.putpalette``: the classes' colours, white at 255."""
-    full = voc_palette(256)
-    full[: len(palette)] = [list(colour) for colour in palette[:255]]
-    full[255] = [255, 255, 255]
-    return [value for colour in full for value in colour]
+def full_palette(palette: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """``(256, 3)`` uint8 colour table: the classes' colours, black after them, :data:`IGNORE_COLOUR`
+    at 255 (unless the given palette defines entry 255 itself)."""
+    colours = np.asarray(palette)
+    if colours.ndim != 2 or colours.shape[1] != 3 or not 1 <= colours.shape[0] <= 256:
+        raise ValueError(f"palette must be (N <= 256, 3), got shape {colours.shape}")
+    if colours.min() < 0 or colours.max() > 255:
+        raise ValueError("palette colours must lie in [0, 255]")
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[IGNORE_INDEX] = IGNORE_COLOUR
+    table[: colours.shape[0]] = colours.astype(np.uint8)
+    return table
+
+
+def png_palette(palette: Sequence[Sequence[int]]) -> list[int]:
+    """:func:`full_palette` flattened to the 768 values of ``PIL.Image.putpalette``."""
+    return full_palette(palette).reshape(-1).tolist()
+
+
+def palette_image(labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray) -> Image.Image:
+    """A 'P'-mode image of the class indices ``labels`` ``(H, W)`` (uint8 range) with the palette."""
+    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
+    image.putpalette(png_palette(palette))
+    return image
+
+
+def save_label_png(
+    path: str | os.PathLike, labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray
+) -> Path:
+    """Write ``labels`` ``(H, W)`` as a palette PNG, atomically (see :func:`protoseg.files.atomic_write`)."""
+    image = palette_image(labels, palette)
+    return atomic_write(path, lambda file: image.save(file, format="PNG"))
+
+
+def colour_labels(labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+    """``(H, W)`` class indices -> ``(H, W, 3)`` uint8 colours of :func:`full_palette` (for pictures)."""
+    return full_palette(palette)[np.asarray(labels, dtype=np.int64).clip(0, 255)]

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .palette import png_palette, voc_palette
+from ..files import atomic_write
+from .palette import save_label_png, voc_palette
 from .tags import save_cls_labels, tags_from_mask
 
 SHAPES_CLASS_NAMES: tuple[str, ...] = (
@@ -325,7 +326,6 @@ def generate_shapes(
     root = Path(out_dir)
     for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    palette = png_palette(SHAPES_PALETTE)
     num_classes = len(SHAPES_CLASS_NAMES)
     cls_labels: dict[str, np.ndarray] = {}
     metadata: dict[str, dict] = {}
@@ -338,10 +338,12 @@ def generate_shapes(
             name = f"{split}_{index:05d}"
             rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
             image, mask, info = render_shapes_sample(rng, size, boundary_ignore)
-            Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=95, subsampling=0)
-            mask_image = Image.fromarray(mask, mode="P")
-            mask_image.putpalette(palette)
-            mask_image.save(root / "SegmentationClass" / f"{name}.png")
+            picture = Image.fromarray(image)
+            atomic_write(
+                root / "JPEGImages" / f"{name}.jpg",
+                lambda file, picture=picture: picture.save(file, format="JPEG", quality=95, subsampling=0),
+            )
+            save_label_png(root / "SegmentationClass" / f"{name}.png", mask, SHAPES_PALETTE)
             tags = tags_from_mask(mask, num_classes, has_background=True)
             cls_labels[name] = tags
             metadata[name] = info

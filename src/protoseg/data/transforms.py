@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .base import IGNORE_INDEX
+from ..ops.labels import IGNORE_INDEX
 
 Tensor = torch.Tensor
 

@@ -44,10 +44,13 @@ def barrier(context: DistributedContext) -> None:
         dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+def broadcast_buffers(module: torch.nn.Module, context: DistributedContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics, prototypes): before a validation, so that
+    every rank evaluates the model rank 0 saves (BatchNorm statistics drift apart per rank without
+    SyncBN)."""
     if context.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def close_process_group() -> None:

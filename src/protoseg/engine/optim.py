@@ -35,16 +35,16 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer '{name}' (valid: sgd, adamw)")
 
 
-def poly_lr_factor(iteration: int, total: int, power: float = 0.9, warmup_iters: int = 0) -> float:
-    """lr multiplier: linear warm-up from 0.1 to 1 over ``warmup_iters``, then ``(1 - t/T)^power``."""
-    if warmup_iters > 0 and iteration < warmup_iters:
-        return 0.1 + 0.9 * iteration / warmup_iters
+def poly_lr_factor(iteration: int, total: int, power: float = 0.9, lr_warmup_iters: int = 0) -> float:
+    """lr multiplier: linear warm-up from 0.1 to 1 over ``lr_warmup_iters``, then ``(1 - t/T)^power``."""
+    if lr_warmup_iters > 0 and iteration < lr_warmup_iters:
+        return 0.1 + 0.9 * iteration / lr_warmup_iters
     return max(0.0, 1.0 - iteration / max(1, total)) ** power
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total: int, power: float = 0.9, warmup_iters: int = 0
+    optimizer: torch.optim.Optimizer, total: int, power: float = 0.9, lr_warmup_iters: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda iteration: poly_lr_factor(iteration, total, power, warmup_iters)
+        optimizer, lambda iteration: poly_lr_factor(iteration, total, power, lr_warmup_iters)
     )

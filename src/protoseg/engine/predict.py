@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from ..config import Config
-from .inference import predict_probabilities
+from ..data.palette import colour_labels, save_label_png
+from ..ops.inference import InferenceSettings, predict_probabilities
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -32,21 +33,9 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def palette_image(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
-    """A 'P'-mode PNG image of class indices with the dataset's colours (255 stays 255)."""
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    flat = [channel for colour in palette for channel in colour]
-    flat += [0] * (768 - len(flat))
-    flat[255 * 3 : 255 * 3 + 3] = [255, 255, 255]
-    image.putpalette(flat)
-    return image
-
-
 def overlay(image: Image.Image, labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5):
     """Blend the colour-coded prediction over the image."""
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    colours[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    coloured = colours[labels]
+    coloured = colour_labels(labels, palette)
     blended = (1 - alpha) * np.asarray(image.convert("RGB"), dtype=np.float32) + alpha * coloured
     return Image.fromarray(blended.clip(0, 255).astype(np.uint8))
 
@@ -76,22 +65,14 @@ def predict_files(
 ) -> list[Path]:
     """Write ``<stem>.png`` (palette PNG, input size) and ``<stem>_overlay.jpg`` for each image."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = InferenceSettings.from_config(cfg.eval, cfg.data.crop_size)
     written = []
     for path in images:
         image, tensor = load_image_tensor(path, cfg.data.mean, cfg.data.std)
-        probabilities = predict_probabilities(
-            model.predict,
-            tensor.to(device),
-            meta["num_classes"],
-            scales=cfg.eval.scales,
-            flip=cfg.eval.flip,
-            mode=cfg.eval.mode,
-            window=cfg.eval.crop_size or cfg.data.crop_size,
-            stride=cfg.eval.stride,
-        )
+        probabilities = predict_probabilities(model.predict, tensor.to(device), meta["num_classes"], settings)
         labels = probabilities.argmax(1)[0].cpu().numpy().astype(np.uint8)
         mask_path = out_dir / f"{path.stem}.png"
-        palette_image(labels, meta["palette"]).save(mask_path)
+        save_label_png(mask_path, labels, meta["palette"])
         overlay(image, labels, meta["palette"]).save(out_dir / f"{path.stem}_overlay.jpg", quality=92)
         written.append(mask_path)
     return written

@@ -8,9 +8,9 @@
 """
 
 from .anchor_sampling import AnchorSampler, HardAnchorSampler, RandomAnchorSampler
-from .combined import SumOfCriteria
 from .contrast_seg import ContrastSegLoss
-from .pixel_contrast import PixelContrastLoss, memory_contrast, supervised_contrast
+from .memory_contrast import memory_contrast
+from .pixel_contrast import PixelContrastLoss, supervised_contrast
 from .ppc import PixelToPrototypeContrast
 from .protoseg import ProtoSegLoss, pixel_prototype_contrast_loss, pixel_prototype_distance_loss
 from .region_contrast import RegionContrastLoss, sample_beta
@@ -26,7 +26,6 @@ __all__ = [
     "RandomAnchorSampler",
     "RegionContrastLoss",
     "SegmentationCELoss",
-    "SumOfCriteria",
     "memory_contrast",
     "pixel_prototype_contrast_loss",
     "pixel_prototype_distance_loss",

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..prototypes.pixel_queue import code_groups, order_by_code_at_random
+from ..ops.grouping import code_groups, order_by_code_at_random
+from ..ops.labels import IGNORE_INDEX
 
 
 class AnchorIndices(NamedTuple):
@@ -50,7 +51,7 @@ class AnchorSampler:
         self,
         max_samples: int = 1024,
         max_views: int = 100,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         num_classes: int | None = None,
     ) -> None:
         if max_samples < 1:

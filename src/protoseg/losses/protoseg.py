@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.labels import IGNORE_INDEX
 from .segmentation import upsampled_cross_entropy
 
 __all__ = ["ProtoSegLoss", "pixel_prototype_contrast_loss", "pixel_prototype_distance_loss"]
@@ -49,28 +50,29 @@ def pixel_prototype_distance_loss(proto_logits: torch.Tensor, proto_targets: tor
 
 
 class ProtoSegLoss(nn.Module):
-    """``L = CE + ppc_weight * PPC + ppd_weight * PPD`` (ProtoSeg paper, CE of Eq. 7 + Eq. 11 + Eq. 12).
+    """``L = CE + proto_contrast_weight * PPC + proto_distance_weight * PPD`` (ProtoSeg paper, CE of
+    Eq. 7 + Eq. 11 + Eq. 12).
 
     ``forward(outputs, target (B, H, W), iteration=0)`` returns ``"loss"`` and the detached
-    terms ``"ce"``, ``"ppc"``, ``"ppd"``. CE is over ``outputs["logits"]`` upsampled bilinearly
-    to the target size. Without ``"proto_logits"`` / ``"proto_targets"`` in ``outputs`` (eval
-    mode) the loss is the CE alone. ``temperature`` divides the similarities in PPC only; the
-    paper's equation has one, the released code does not, so the default 1.0 reproduces the
-    released numbers.
+    terms ``"ce"``, ``"proto_contrast"`` (PPC), ``"proto_distance"`` (PPD). CE is over
+    ``outputs["logits"]`` upsampled bilinearly to the target size. Without ``"proto_logits"`` /
+    ``"proto_targets"`` in ``outputs`` (eval mode) the loss is the CE alone. ``temperature`` divides
+    the similarities in PPC only; the paper's equation has one, the released code does not, so the
+    default 1.0 reproduces the released numbers.
     """
 
     def __init__(
         self,
-        ppc_weight: float = 0.01,
-        ppd_weight: float = 0.001,
+        proto_contrast_weight: float = 0.01,
+        proto_distance_weight: float = 0.001,
         temperature: float = 1.0,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"ProtoSegLoss temperature must be > 0, got {temperature}")
-        self.ppc_weight = ppc_weight
-        self.ppd_weight = ppd_weight
+        self.proto_contrast_weight = proto_contrast_weight
+        self.proto_distance_weight = proto_distance_weight
         self.temperature = temperature
         self.ignore_index = ignore_index
 
@@ -83,5 +85,10 @@ class ProtoSegLoss(nn.Module):
         proto_logits, proto_targets = outputs["proto_logits"], outputs["proto_targets"]
         ppc = pixel_prototype_contrast_loss(proto_logits, proto_targets, self.temperature)
         ppd = pixel_prototype_distance_loss(proto_logits, proto_targets)
-        loss = ce + self.ppc_weight * ppc + self.ppd_weight * ppd
-        return {"loss": loss, "ce": ce.detach(), "ppc": ppc.detach(), "ppd": ppd.detach()}
+        loss = ce + self.proto_contrast_weight * ppc + self.proto_distance_weight * ppd
+        return {
+            "loss": loss,
+            "ce": ce.detach(),
+            "proto_contrast": ppc.detach(),
+            "proto_distance": ppd.detach(),
+        }

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protoseg.prototypes.region_memory import RegionMemory
+from ..prototypes.region_memory import RegionMemory
+from .memory_contrast import memory_contrast
 
 _GAMMA_CANDIDATES = 16
 
@@ -52,44 +53,6 @@ def sample_beta(
     first = sample_gamma(alpha, count, generator, device)
     second = sample_gamma(alpha, count, generator, device)
     return first / (first + second).clamp_min(1e-30)
-
-
-def _class_logsumexp(logits: torch.Tensor, slot_valid: torch.Tensor) -> torch.Tensor:
-    """``logits (R, C, M)``, ``slot_valid (C, M)`` -> ``(R, C)`` logsumexp over each class's filled slots.
-
-    A class without a filled slot gets a huge negative finite value (not -inf, so that gradients stay
-    finite), which then counts for nothing in a further logsumexp.
-    """
-    very_negative = torch.finfo(logits.dtype).min / 2
-    per_class = logits.masked_fill(~slot_valid, very_negative).logsumexp(dim=2)
-    return per_class.masked_fill(~slot_valid.any(dim=1), very_negative)
-
-
-def _memory_contrast(
-    targets: torch.Tensor, logits: torch.Tensor, class_lse: torch.Tensor, slot_valid: torch.Tensor
-) -> torch.Tensor:
-    """Per-query InfoNCE of RCA eq. 4 with the filled slots of class ``targets[r]`` as positives.
-
-    ``L(f, l) = 1/|M_l| sum_{m+ in M_l} -log(e^{s+/t} / (e^{s+/t} + sum_{m- not in M_l} e^{s-/t}))``
-    ``        = mean_{m+} softplus(logsumexp_{m-} (s-/t) - s+/t)`` with ``s = cos(f, m)``.
-
-    Args:
-        targets: ``(R,)`` target class of each query.
-        logits: ``(R, C, M)`` cosine similarities / temperature against every slot.
-        class_lse: ``(R, C)`` from :func:`_class_logsumexp`.
-        slot_valid: ``(C, M)`` filled slots.
-
-    Returns:
-        ``(R,)`` losses; 0 where the target class has no filled slot.
-    """
-    classes, size = slot_valid.shape
-    very_negative = torch.finfo(logits.dtype).min / 2
-    others = targets.unsqueeze(1) != torch.arange(classes, device=targets.device).unsqueeze(0)
-    negative_lse = class_lse.masked_fill(~others, very_negative).logsumexp(dim=1, keepdim=True)
-    positive_logits = logits.gather(1, targets.view(-1, 1, 1).expand(-1, 1, size)).squeeze(1)
-    positive_valid = slot_valid[targets].to(logits.dtype)
-    per_positive = F.softplus(negative_lse - positive_logits) * positive_valid
-    return per_positive.sum(dim=1) / positive_valid.sum(dim=1).clamp_min(1)
 
 
 class RegionContrastLoss(nn.Module):
@@ -161,24 +124,25 @@ class RegionContrastLoss(nn.Module):
         rows = embeddings.shape[0]
         device = embeddings.device
         # a fresh normalised copy: later in-place memory writes cannot touch what autograd saved
-        slots = F.normalize(memory.memory.detach().float(), dim=2)
-        slot_valid = memory.valid
+        banks = [(F.normalize(memory.memory.detach().float(), dim=2), memory.valid)]
         class_filled = memory.count > 0
 
-        def contrast_losses(queries: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
-            logits = torch.einsum("rd,cmd->rcm", F.normalize(queries, dim=1) / self.temperature, slots)
-            class_lse = _class_logsumexp(logits, slot_valid)
-            return [_memory_contrast(target, logits, class_lse, slot_valid) for target in targets]
+        def contrast(queries: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            """``sum_r scale[r] * L(queries[r], targets[r])`` with L the memory InfoNCE of eq. 4."""
+            return memory_contrast(
+                F.normalize(queries, dim=1), targets, banks, self.temperature, self.temperature,
+                anchor_scale=scale,
+            )  # fmt: skip
 
         counted = valid & class_filled[labels]
         weight = counted.to(embeddings.dtype)
-        denominator = weight.sum().clamp_min(1.0)
+        weight = weight / weight.sum().clamp_min(1.0)
         if self.mixup_alpha == 0:
-            contrast = (contrast_losses(embeddings, [labels])[0] * weight).sum() / denominator
+            plain = contrast(embeddings, labels, weight)
             return {
-                "loss": contrast,
-                "contrast": contrast,
-                "mixup": contrast,
+                "loss": plain,
+                "contrast": plain,
+                "mixup": plain,
                 "partner": torch.arange(rows, device=device),
                 "mix_weight": torch.ones(rows, device=device),
             }
@@ -191,16 +155,18 @@ class RegionContrastLoss(nn.Module):
         partner = torch.where(has_partner, partner, torch.arange(rows, device=device))
         mix_weight = sample_beta(self.mixup_alpha, rows, generator, device)
         mix_weight = torch.where(has_partner, mix_weight, torch.ones_like(mix_weight))
-        partner_labels = labels[partner]
         mixed = mix_weight.unsqueeze(1) * embeddings + (1.0 - mix_weight.unsqueeze(1)) * embeddings[partner]
-        own_losses, partner_losses = contrast_losses(mixed, [labels, partner_labels])
-        mixed_losses = mix_weight * own_losses + (1.0 - mix_weight) * partner_losses
-        mixup = (mixed_losses * weight).sum() / denominator
+        # eq. 5: w L(f_hat, l) + (1 - w) L(f_hat, l-), the mixed query contrasted once per target
+        mixup = contrast(
+            torch.cat([mixed, mixed]),
+            torch.cat([labels, labels[partner]]),
+            torch.cat([mix_weight * weight, (1.0 - mix_weight) * weight]),
+        )
         with torch.no_grad():  # the un-mixed contrast is only logged
-            contrast = (contrast_losses(embeddings, [labels])[0] * weight).sum() / denominator
+            plain = contrast(embeddings, labels, weight)
         return {
             "loss": mixup,
-            "contrast": contrast,
+            "contrast": plain,
             "mixup": mixup,
             "partner": partner,
             "mix_weight": mix_weight,

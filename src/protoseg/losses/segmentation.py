@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.labels import IGNORE_INDEX
+
 
 def upsampled_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """CE between ``logits`` (B, C, h, w), bilinearly upsampled, and ``target`` (B, H, W).
 
@@ -24,7 +26,7 @@ def upsampled_cross_entropy(
 class SegmentationCELoss(nn.Module):
     """Criterion of the linear head: ``forward(outputs, target, iteration=0) -> {"loss", "ce"}``."""
 
-    def __init__(self, ignore_index: int = 255) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         self.ignore_index = ignore_index
 

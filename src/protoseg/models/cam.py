@@ -28,18 +28,19 @@ class CAMNet(nn.Module):
         backbone: module whose ``forward(images)`` returns a list of feature maps and which has
             ``out_channels: list[int]``; the last level is used.
         num_classes: foreground classes C (the CAM has C+1 channels, channel 0 = background).
-        proj_dim: channels of the projected features (128 in PPC).
+        proj_dim: channels of the projected features (128 in PPC); None: no projector (the plain
+            CAM network), ``forward`` then returns the CAM only.
 
     Example:
         >>> network = CAMNet(TinyBackbone(), num_classes=20)
         >>> outputs = network(images)  # {"cam": (B, 21, h, w), "features": (B, 128, h, w)}
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, proj_dim: int = 128) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, proj_dim: int | None = 128) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"CAMNet: num_classes must be >= 1, got {num_classes}")
-        if proj_dim < 1:
+        if proj_dim is not None and proj_dim < 1:
             raise ValueError(f"CAMNet: proj_dim must be >= 1, got {proj_dim}")
         out_channels = getattr(backbone, "out_channels", None)
         if not out_channels:
@@ -48,15 +49,22 @@ class CAMNet(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.classifier = nn.Conv2d(in_channels, num_classes + 1, kernel_size=1, bias=False)
-        self.projector = nn.Conv2d(in_channels, proj_dim, kernel_size=1, bias=False)
+        self.projector = (
+            nn.Conv2d(in_channels, proj_dim, kernel_size=1, bias=False) if proj_dim is not None else None
+        )
         # the release initialises both new layers with Xavier-uniform
         nn.init.xavier_uniform_(self.classifier.weight)
-        nn.init.xavier_uniform_(self.projector.weight)
+        if self.projector is not None:
+            nn.init.xavier_uniform_(self.projector.weight)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``images`` (B, 3, H, W) -> ``"cam"`` (B, C+1, h, w) and ``"features"`` (B, Dproj, h, w)."""
+        """``images`` (B, 3, H, W) -> ``"cam"`` (B, C+1, h, w) and, with a projector, ``"features"``
+        (B, Dproj, h, w)."""
         features = self.backbone(images)[-1]
-        return {"cam": self.classifier(features), "features": F.relu(self.projector(features))}
+        outputs = {"cam": self.classifier(features)}
+        if self.projector is not None:
+            outputs["features"] = F.relu(self.projector(features))
+        return outputs
 
     def cams(self, images: torch.Tensor) -> torch.Tensor:
         """Raw foreground CAMs ``(B, C, h, w)`` (before ReLU / normalisation)."""

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .labels import IGNORE_INDEX
+
 
 def _histogram(
     flat_index: torch.Tensor, valid: torch.Tensor, num_bins: int, use_bincount: bool | None = None
@@ -42,7 +44,7 @@ def _histogram(
 
 
 def confusion_matrix(
-    prediction: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+    prediction: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Confusion matrix of integer label maps of any (equal) shape.
 
@@ -77,7 +79,7 @@ def threshold_sweep_confusion_matrices(
     foreground_scores: torch.Tensor,
     target: torch.Tensor,
     thresholds: torch.Tensor | Sequence[float],
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Confusion matrices of ``argmax(cat(threshold, scores))`` for every threshold at once.
 

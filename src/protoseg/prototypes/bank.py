@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.distributed import all_reduce_sum_, world_size
 from ..ops.sinkhorn import segmented_sinkhorn
 
 __all__ = ["PrototypeBank", "PrototypeAssignment", "IGNORED_ASSIGNMENT", "own_segment_products"]
@@ -36,12 +36,6 @@ class PrototypeAssignment(NamedTuple):
 
     target: torch.Tensor
     update: torch.Tensor
-
-
-def _distributed_world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
 
 
 def own_segment_products(
@@ -281,9 +275,8 @@ class PrototypeBank(nn.Module):
             counts = torch.zeros(num_slots + 1, dtype=torch.float32, device=embeddings.device)
             counts.index_add_(0, slots, torch.ones_like(embeddings[:, 0]))
             sums, counts = sums[:num_slots], counts[:num_slots]
-            if _distributed_world_size() > 1:
-                statistics = torch.cat([sums, counts.unsqueeze(1)], dim=1)
-                dist.all_reduce(statistics, op=dist.ReduceOp.SUM)
+            if world_size() > 1:
+                statistics = all_reduce_sum_(torch.cat([sums, counts.unsqueeze(1)], dim=1))
                 sums, counts = statistics[:, : self.dim], statistics[:, self.dim]
             old = self.prototypes.reshape(num_slots, self.dim).float()
             mean_direction = F.normalize(sums, dim=1)

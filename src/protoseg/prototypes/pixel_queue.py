@@ -11,81 +11,15 @@ written, class 0 is enqueued like any other, labels are resized to the embedding
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.distributed import gather_from_all_ranks
+from ..ops.grouping import code_groups, order_by_code_at_random
+from ..ops.labels import resize_labels
+
 # Interleaved accumulators per (image, channel, class) for the segment sums.
 _SUM_LANES = 8
-
-
-def resize_labels(labels: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Nearest-neighbour resize of ``labels`` (B, H', W') to ``size`` = (H, W); returns int64 (B, H, W).
-
-    Same result as ``F.interpolate(..., mode="nearest")`` (source index ``floor(i * H' / H)``); an
-    integer down-scaling factor is a strided view (no float round trip, exact for any label value).
-    """
-    if labels.dim() != 3:
-        raise ValueError(f"labels must be (B, H, W), got shape {tuple(labels.shape)}")
-    (in_height, in_width), (height, width) = labels.shape[-2:], tuple(size)
-    if (in_height, in_width) == (height, width):
-        return labels.long()
-    if in_height % height == 0 and in_width % width == 0:
-        return labels[:, :: in_height // height, :: in_width // width].long().contiguous()
-    resized = F.interpolate(labels.unsqueeze(1).float(), size=(height, width), mode="nearest")
-    return resized.squeeze(1).long()
-
-
-# Random bits below the (image, code) part of a sort key: with 2^-31 tie odds the order within a group
-# is uniform.
-RANDOM_KEY_BITS = 31
-
-
-def order_by_code_at_random(
-    codes: torch.Tensor, code_limit: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Order the N items of each row of ``codes`` (B, N) by code, uniformly at random within a code.
-
-    ``codes`` are int64 in ``[0, code_limit)``. Returns ``item`` (B, N): row b lists the flat indices
-    (into the B * N items) of row b's items, codes ascending, so the items of code k in row b are
-    ``item[b, start : start + count]`` with ``start`` the number of items of row b with a smaller code.
-    One 1-D sort of the int64 keys ``(image, code, 31 random bits)`` (a radix sort on CPU) replaces a
-    random permutation followed by a stable sort by code; equal keys (odds 2^-31 per pair) keep their
-    index order.
-    """
-    batch, count = codes.shape
-    if batch * code_limit > 2 ** (63 - RANDOM_KEY_BITS):
-        raise ValueError(
-            f"order_by_code_at_random: batch {batch} x code_limit {code_limit} "
-            f"exceeds 2^{63 - RANDOM_KEY_BITS}"
-        )
-    device = codes.device
-    random_bits = torch.randint(0, 2**RANDOM_KEY_BITS, (batch, count), generator=generator, device=device)
-    image_offset = torch.arange(batch, device=device).unsqueeze(1) * code_limit
-    keys = ((image_offset + codes) << RANDOM_KEY_BITS) | random_bits
-    return keys.flatten().sort(stable=True).indices.view(batch, count)
-
-
-def code_groups(codes: torch.Tensor, code_limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``codes`` (B, N) (int64 in ``[0, code_limit)``): ``count`` (B, code_limit), the items
-    of each code, and ``start`` (B, code_limit), the items of smaller codes: where each code's group
-    begins in the row order of :func:`order_by_code_at_random`."""
-    count = torch.zeros(codes.shape[0], code_limit, dtype=torch.long, device=codes.device)
-    count.scatter_add_(1, codes, torch.ones_like(codes))
-    return count, count.cumsum(dim=1) - count
-
-
-def gather_from_all_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` (N, ...) from every rank along dim 0, rank-major (identity without DDP).
-
-    Every rank must pass the same shape (the candidates here have fixed shapes for that reason).
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    tensor = tensor.contiguous()
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor)
-    return torch.cat(parts, dim=0)
 
 
 class PixelQueue(nn.Module):

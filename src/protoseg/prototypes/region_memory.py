@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-
-def _gather_from_all_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a fixed-shape tensor from every DDP rank along dim 0 (rank order); identity otherwise."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=0)
+from ..ops.distributed import gather_from_all_ranks
 
 
 class RegionMemory(nn.Module):
@@ -108,9 +100,9 @@ class RegionMemory(nn.Module):
         scores = scores.detach().float()
         if valid is not None:
             scores = scores.masked_fill(~valid.bool(), float("-inf"))
-        embeddings = _gather_from_all_ranks(region_embeddings.detach().to(self.memory.dtype))
-        labels = _gather_from_all_ranks(labels.long())
-        scores = _gather_from_all_ranks(scores)
+        embeddings = gather_from_all_ranks(region_embeddings.detach().to(self.memory.dtype))
+        labels = gather_from_all_ranks(labels.long())
+        scores = gather_from_all_ranks(scores)
 
         write = scores > threshold
         classes = torch.arange(self.num_classes, device=labels.device)

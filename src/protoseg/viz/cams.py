@@ -14,12 +14,12 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ..data.palette import colour_labels
+from ..ops.labels import IGNORE_INDEX
 from ..wsss.cam_inference import CamRecord
 from .canvas import (
-    IGNORE_INDEX,
     LEGEND_COLUMNS,
     class_legend_handles,
-    colour_mask,
     hide_ticks,
     legend_inches,
     new_figure,
@@ -125,9 +125,9 @@ def draw_cams(
         )
     if shown is not None:
         agreement = label_agreement(pseudo, truth)
-        axes[-2].imshow(colour_mask(pseudo, palette))
+        axes[-2].imshow(colour_labels(pseudo, palette))
         axes[-2].set_title(f"pseudo label\n({agreement:.1f}% agree with ground truth)", fontsize=10)
-        axes[-1].imshow(colour_mask(truth, palette))
+        axes[-1].imshow(colour_labels(truth, palette))
         axes[-1].set_title("ground truth\n(white: ignore)", fontsize=10)
         figure.legend(
             handles=class_legend_handles(shown, class_names, palette),

@@ -17,8 +17,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 DPI = 100
-IGNORE_INDEX = 255
-IGNORE_COLOUR = (255, 255, 255)
 
 
 def new_figure(width_inches: float, height_inches: float) -> Figure:
@@ -39,17 +37,6 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=DPI)
     return path
-
-
-def colour_mask(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """``(H, W)`` class indices -> ``(H, W, 3)`` uint8 palette colours; 255 (ignore) is white.
-
-    Values outside the palette (other than 255) are drawn black.
-    """
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    table[IGNORE_INDEX] = IGNORE_COLOUR
-    return table[np.asarray(mask, dtype=np.int64).clip(0, 255)]
 
 
 def palette_colour(palette: Sequence[Sequence[int]], index: int) -> tuple[float, float, float]:

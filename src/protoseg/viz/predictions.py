@@ -11,13 +11,13 @@ from matplotlib.patches import Patch
 from torch import nn
 
 from ..config import Config
-from ..engine.inference import predict_probabilities
+from ..data.palette import colour_labels
+from ..ops.inference import InferenceSettings, predict_probabilities
+from ..ops.labels import IGNORE_INDEX
 from ..ops.metrics import confusion_matrix, segmentation_metrics
 from .canvas import (
-    IGNORE_INDEX,
     LEGEND_COLUMNS,
     class_legend_handles,
-    colour_mask,
     hide_ticks,
     legend_inches,
     new_figure,
@@ -34,16 +34,8 @@ def predict_labels(model: nn.Module, cfg: Config, image: torch.Tensor, num_class
     """``(H, W)`` int64 argmax labels of normalised ``image`` ``(1, 3, H, W)`` with the run's eval
     settings (scales, flip, whole / sliding window), as ``protoseg eval`` and ``predict`` compute them."""
     device = next(model.parameters()).device
-    probabilities = predict_probabilities(
-        model.predict,
-        image.to(device),
-        num_classes,
-        scales=cfg.eval.scales,
-        flip=cfg.eval.flip,
-        mode=cfg.eval.mode,
-        window=cfg.eval.crop_size or cfg.data.crop_size,
-        stride=cfg.eval.stride,
-    )
+    settings = InferenceSettings.from_config(cfg.eval, cfg.data.crop_size)
+    probabilities = predict_probabilities(model.predict, image.to(device), num_classes, settings)
     return probabilities.argmax(dim=1)[0].cpu().numpy().astype(np.int64)
 
 
@@ -86,8 +78,8 @@ def draw_prediction(
     axes = figure.subplots(1, 4)
     panels = (
         ("image", rgb, f"image {image_name}"),
-        ("truth", colour_mask(truth, palette), "ground truth"),
-        ("prediction", colour_mask(prediction, palette), "prediction"),
+        ("truth", colour_labels(truth, palette), "ground truth"),
+        ("prediction", colour_labels(prediction, palette), "prediction"),
         (
             "errors",
             error_map(rgb, truth, prediction),

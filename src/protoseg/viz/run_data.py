@@ -19,13 +19,16 @@ from torch import nn
 from ..config import Config
 from ..data.base import SegmentationDataset
 from ..engine.datasets import build_split_dataset
-from ..engine.loading import config_for, find_checkpoint, load_trained_model
+from ..engine.device import resolve_device
+from ..engine.loading import config_for, find_checkpoint, load_trained_method
+from ..methods import SEGMENTATION, method_class
 from ..models.heads.protoseg import ProtoSegHead
 
 
 @dataclass
 class TrainedRun:
-    """A trained segmentor with the classes it predicts and one split of its dataset."""
+    """A trained segmentor (``model``: its :class:`~protoseg.models.Segmentor`) with the classes it
+    predicts and one split of its dataset."""
 
     run_dir: Path
     checkpoint: Path
@@ -40,13 +43,6 @@ class TrainedRun:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` / ``cuda[:i]`` / ``auto`` (CUDA when available)."""
-    from ..engine.trainer import resolve_device as engine_resolve_device
-
-    return engine_resolve_device(name)
 
 
 def open_run(
@@ -66,18 +62,18 @@ def open_run(
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = config_for(run_dir, list(overrides or []))
     checkpoint = Path(checkpoint) if checkpoint else find_checkpoint(run_dir)
-    if cfg.model.wsss:
+    if method_class(cfg.model.method).family != SEGMENTATION:
         raise ValueError(
-            f"{run_dir} is a weakly-supervised CAM network (model.wsss={cfg.model.wsss}), not a segmentor: "
-            "run `protoseg cam` and look at its CAMs with `protoseg visualize cams`"
+            f"{run_dir} is a weakly-supervised CAM network (model.method={cfg.model.method}), not a "
+            "segmentor: run `protoseg cam` and look at its CAMs with `protoseg visualize cams`"
         )
     torch_device = resolve_device(device)
-    model, cfg, meta = load_trained_model(checkpoint, torch_device, cfg)
+    method, cfg, meta = load_trained_method(checkpoint, torch_device, cfg)
     dataset = build_split_dataset(cfg.data, split)
     return TrainedRun(
         run_dir=run_dir,
         checkpoint=checkpoint,
-        model=model,
+        model=method.network,
         cfg=cfg,
         class_names=list(meta["class_names"]),
         palette=[list(colour) for colour in meta["palette"]],
@@ -100,7 +96,7 @@ def prototype_head(model: nn.Module, run_dir: str | Path, command: str) -> Proto
         return inner
     raise ValueError(
         f"visualize {command}: the model of {run_dir} has a {type(head).__name__} head, which has no "
-        "prototypes; only runs with model.head=protoseg or protoseg_contrast can be shown this way"
+        "prototypes; only runs with model.method=protoseg or protoseg_contrast can be shown this way"
     )
 
 

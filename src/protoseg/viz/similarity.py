@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from ..models.heads.protoseg import ProtoSegHead
-from .canvas import IGNORE_INDEX, hide_ticks, new_figure
+from ..ops.labels import IGNORE_INDEX
+from .canvas import hide_ticks, new_figure
 from .run_data import decoder_features
 
 PANEL_INCHES = 2.2

@@ -7,8 +7,8 @@ CAM file format (``<out_dir>/<name>.npz``, written with ``np.savez_compressed``)
 * ``class_indices``: int64 ``(K,)``, their foreground class indices in ascending order;
 * ``num_classes``: int64 scalar, C (the number of CAM classes, background excluded on VOC-like data).
 
-Files are written to ``<file>.<pid>.tmp`` and then ``os.replace``-d into place, so a run that is killed
-never leaves a truncated ``.npz`` behind, and a resumed run can trust every file that exists.
+Files are written atomically (:func:`protoseg.files.atomic_write`), so a run that is killed never leaves
+a truncated ``.npz`` behind, and a resumed run can trust every file that exists.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from ..files import atomic_write
 
 CamFunction = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
@@ -114,20 +116,6 @@ class CamRecord:
 def cam_path(out_dir: str | os.PathLike, name: str) -> Path:
     """Where the CAM of image ``name`` is stored: ``<out_dir>/<name>.npz``."""
     return Path(out_dir) / f"{name}.npz"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[object], None]) -> None:
-    """Call ``write(file)`` on ``<path>.<pid>.tmp`` and move it onto ``path`` only when it succeeded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def save_cam(

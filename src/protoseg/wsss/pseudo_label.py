@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from protoseg.wsss.cam_inference import atomic_write, load_cam
+from protoseg.data.palette import full_palette, save_label_png
+from protoseg.ops.labels import IGNORE_INDEX
+from protoseg.wsss.cam_inference import load_cam
 from protoseg.wsss.crf import refine_with_crf, require_dense_crf
 
-IGNORE_INDEX = 255
-IGNORE_COLOUR = (224, 224, 192)  # VOC's colour for the 255 "void" label
 AUTO_BAND_BELOW = 0.05
 AUTO_BAND_ABOVE = 0.10
 
@@ -104,27 +103,6 @@ def make_pseudo_label(
         low, high = band
         label[(max_score >= low) & (max_score < high)] = IGNORE_INDEX
     return label
-
-
-def full_palette(palette: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
-    """``(256, 3)`` uint8 palette: the given colours, black after them, and VOC's ignore colour at 255
-    unless the given palette already defines entry 255."""
-    palette = np.asarray(palette)
-    if palette.ndim != 2 or palette.shape[1] != 3 or not 1 <= palette.shape[0] <= 256:
-        raise ValueError(f"palette must be (N <= 256, 3), got shape {palette.shape}")
-    if palette.min() < 0 or palette.max() > 255:
-        raise ValueError("palette colours must lie in [0, 255]")
-    full = np.zeros((256, 3), dtype=np.uint8)
-    full[IGNORE_INDEX] = IGNORE_COLOUR
-    full[: palette.shape[0]] = palette.astype(np.uint8)
-    return full
-
-
-def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray) -> None:
-    """Write ``label`` ``(H, W)`` uint8 as a palette ("P" mode) PNG, atomically."""
-    image = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8))
-    image.putpalette(full_palette(palette).reshape(-1).tolist())
-    atomic_write(path, lambda file: image.save(file, format="PNG"))
 
 
 def write_pseudo_labels(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from protoseg.ops.labels import IGNORE_INDEX
 from protoseg.ops.metrics import (
     format_metrics_table,
     segmentation_metrics,
@@ -78,7 +79,7 @@ def evaluate_seeds(
     names: Sequence[str],
     num_classes_with_bg: int,
     thresholds: Sequence[float],
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     class_names: Sequence[str] | None = None,
     progress: bool = False,
 ) -> dict:

@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...prototypes.pixel_queue import PixelQueue
-
 
 class ProjectionHead(nn.Module):
     """``(B, Cin, h, w) -> (B, proj_dim, h, w)``: 1x1 conv, BN, ReLU, 1x1 conv, L2 norm over channels."""
@@ -32,20 +30,13 @@ class ContrastHead(nn.Module):
 
     ``forward(features (B, Cin, h, w), target=None)`` returns ``"logits"`` (B, num_classes, h, w);
     in training (``self.training and target is not None``) also ``"embeddings"`` (B, proj_dim, h, w),
-    L2-normalised, and with ``use_memory`` the :class:`PixelQueue` itself under ``"memory"`` (its
-    queues are buffers of this head, so they are saved in checkpoints).
+    L2-normalised.
+
+    Args:
+        dropout: Dropout2d before the classifier (the release's segmentation head has 0.1).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        proj_dim: int = 256,
-        use_memory: bool = False,
-        memory_size: int = 5000,
-        pixels_per_image: int = 10,
-        dropout: float = 0.1,
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, proj_dim: int = 256, dropout: float = 0.1) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"ContrastHead num_classes must be >= 1, got {num_classes}")
@@ -53,14 +44,9 @@ class ContrastHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(in_channels, num_classes, 1)
         self.projection = ProjectionHead(in_channels, proj_dim)
-        self.memory = PixelQueue(num_classes, proj_dim, memory_size, pixels_per_image) if use_memory else None
 
-    def forward(
-        self, features: torch.Tensor, target: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor | PixelQueue]:
-        outputs: dict[str, torch.Tensor | PixelQueue] = {"logits": self.classifier(self.dropout(features))}
+    def forward(self, features: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        outputs = {"logits": self.classifier(self.dropout(features))}
         if self.training and target is not None:
             outputs["embeddings"] = self.projection(features)
-            if self.memory is not None:
-                outputs["memory"] = self.memory
         return outputs

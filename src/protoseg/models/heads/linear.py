@@ -7,7 +7,11 @@ from torch import nn
 
 
 class LinearHead(nn.Module):
-    """``forward(features (B, Cin, h, w), target=None) -> {"logits": (B, num_classes, h, w)}``."""
+    """``forward(features (B, Cin, h, w), target=None) -> {"logits": (B, num_classes, h, w)}``.
+
+    Args:
+        dropout: Dropout2d before the classifier (0: none).
+    """
 
     def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()

@@ -2,19 +2,81 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...ops.labels import IGNORE_INDEX, resize_labels
 from ...prototypes.bank import PrototypeBank
 
-__all__ = ["ProtoSegHead", "PROTO_IGNORE_INDEX", "PROJECTIONS"]
+__all__ = [
+    "PROJECTIONS",
+    "PROJECTION_NORMS",
+    "PROTO_IGNORE_INDEX",
+    "ProjectionNorm",
+    "PrototypeUpdate",
+    "ProtoSegHead",
+]
 
 PROJECTIONS = ("mlp", "none")
+PROJECTION_NORMS = ("none", "released", "batch", "instance", "spatial_rms")
+
+
+class ProjectionNorm(nn.Module):
+    """Normalisation of the projected features ``(B, D, h, w)`` before ``feat_norm`` (same shape out).
+
+    - ``none``: identity.
+    - ``released``: ``F.normalize(x, dim=-1)``, the released ``ProjectionHead``: an L2 over the WIDTH
+      axis, i.e. each (image, channel, row) is divided by its energy along the row. A pixel's
+      embedding then depends on the other pixels of its row, so on the input's width.
+    - ``batch``: ``BatchNorm2d(D)`` (per channel over batch and pixels in training, running
+      statistics at inference: no dependence on the input size).
+    - ``instance``: per image and channel, centred and scaled by the std over the image's pixels
+      (``InstanceNorm2d``, no affine).
+    - ``spatial_rms``: per image and channel, divided by the root mean square over the image's
+      pixels (the released rescaling, over all pixels instead of one row and as a mean, so that it
+      does not grow with the image size).
+    """
+
+    def __init__(self, mode: str, channels: int) -> None:
+        super().__init__()
+        if mode not in PROJECTION_NORMS:
+            raise ValueError(f"ProjectionNorm mode must be one of {PROJECTION_NORMS}, got '{mode}'")
+        self.mode = mode
+        self.batch_norm = nn.BatchNorm2d(channels) if mode == "batch" else None
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.mode == "released":
+            return F.normalize(features, p=2, dim=-1)
+        if self.mode == "batch":
+            return self.batch_norm(features)
+        if self.mode == "instance":
+            return F.instance_norm(features)
+        if self.mode == "spatial_rms":
+            mean_square = features.float().pow(2).mean(dim=(2, 3), keepdim=True)
+            return features * torch.rsqrt(mean_square + 1e-12).to(features.dtype)
+        return features
+
 
 PROTO_IGNORE_INDEX = -1
 """Value of ``"proto_targets"`` on ignored pixels. Not 255: with C * K > 255 (ADE20K, K = 10)
 255 is a valid target ``c * K + k``."""
+
+
+class PrototypeUpdate(NamedTuple):
+    """What a training forward hands to :meth:`ProtoSegHead.update_prototypes`, all ``(N,)`` but the
+    detached embeddings ``(N, D)``: labels (-1 ignored), the prototype index each pixel updates
+    (argmax or the Gumbel draw), and whether the pixel was predicted correctly."""
+
+    embeddings: torch.Tensor
+    labels: torch.Tensor
+    assignment: torch.Tensor
+    correct: torch.Tensor
 
 
 class ProtoSegHead(nn.Module):
@@ -26,10 +88,19 @@ class ProtoSegHead(nn.Module):
       LayerNorm-ed and L2-normalised (over channels) pixel embedding;
     - in training with a target, also ``"proto_logits"`` ``(N, C * K)`` (all pixel-prototype
       similarities, N = B * h * w, gradient flows to x) and ``"proto_targets"`` ``(N,)`` int64
-      ``c * K + k`` for labelled pixels, ``PROTO_IGNORE_INDEX`` (-1) for ignored ones; and it
-      clusters the pixels within their class and momentum-updates the prototypes (no gradient,
-      identical on all DDP ranks). Sinkhorn and update run in float32; under autocast the
-      similarities they start from are those of the forward (half precision, as released).
+      ``c * K + k`` for labelled pixels, ``PROTO_IGNORE_INDEX`` (-1) for ignored ones (the targets
+      come from the within-class Sinkhorn clustering, no gradient), and ``"prototype_update"``, a
+      :class:`PrototypeUpdate` to pass to :meth:`update_prototypes` after the backward pass (the
+      momentum update, identical on all DDP ranks). Sinkhorn and update run in float32; under
+      autocast the similarities they start from are those of the forward (half precision, as
+      released).
+
+    Example::
+
+        head = ProtoSegHead(in_channels=720, num_classes=19, num_prototypes=10)
+        outputs = head(features, target=labels)
+        ProtoSegLoss()(outputs, labels)["loss"].backward()
+        head.update_prototypes(outputs["prototype_update"])
 
     Args:
         in_channels: Cin of the decoder features.
@@ -39,6 +110,9 @@ class ProtoSegHead(nn.Module):
         projection: ``"mlp"`` (the paper's ``proj``: 1x1 conv Cin -> Cin, ReLU, 1x1 conv Cin -> D) or
             ``"none"`` (the decoder features themselves are embedded, D = Cin: inference is then the
             linear head's cost plus the C * K - C extra similarity columns).
+        projection_norm: normalisation of the projected features before ``feat_norm`` (see
+            :class:`ProjectionNorm`; ``"released"`` is the release's width-axis L2).
+        cls_head: the released head's 3x3 conv + BN + ReLU + Dropout2d(0.1) before the projection.
         momentum, assignment, sinkhorn_epsilon, sinkhorn_iters, generator, init: see
             :class:`~protoseg.prototypes.PrototypeBank`.
         ignore_index: label value of ignored pixels in ``target`` (any label outside
@@ -55,10 +129,12 @@ class ProtoSegHead(nn.Module):
         assignment: str = "argmax",
         sinkhorn_epsilon: float = 0.05,
         sinkhorn_iters: int = 3,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         generator: torch.Generator | None = None,
         init: str = "random",
         projection: str = "mlp",
+        projection_norm: str = "none",
+        cls_head: bool = False,
     ) -> None:
         super().__init__()
         if projection not in PROJECTIONS:
@@ -72,12 +148,24 @@ class ProtoSegHead(nn.Module):
         self.num_classes = num_classes
         self.num_prototypes = num_prototypes
         self.ignore_index = ignore_index
+        # the released head's cls_head: 3x3 conv + BN + ReLU + Dropout2d(0.1) before the projection
+        self.cls_head: nn.Module = (
+            nn.Sequential(
+                nn.Conv2d(in_channels, in_channels, 3, padding=1),
+                nn.BatchNorm2d(in_channels),
+                nn.ReLU(),
+                nn.Dropout2d(0.1),
+            )
+            if cls_head
+            else nn.Identity()
+        )
         if projection == "mlp":
             self.proj: nn.Module = nn.Sequential(
                 nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(in_channels, dim, 1)
             )
         else:
             self.proj = nn.Identity()
+        self.projection_norm = ProjectionNorm(projection_norm, dim)
         self.feat_norm = nn.LayerNorm(dim)
         self.mask_norm = nn.LayerNorm(num_classes)
         self.bank = PrototypeBank(
@@ -94,18 +182,18 @@ class ProtoSegHead(nn.Module):
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """Pixel embeddings ``(N, D)``, N = B * h * w in (b, y, x) order, unit norm over channels."""
-        projected = self.proj(features)
+        projected = self.projection_norm(self.proj(self.cls_head(features)))
         pixels = projected.permute(0, 2, 3, 1).reshape(-1, projected.shape[1])
         return F.normalize(self.feat_norm(pixels), dim=1)
 
-    def forward(self, features: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, features: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, Any]:
         batch, _, height, width = features.shape
         embeddings = self.embed(features)
         learning = self.training and target is not None
         prototypes = self.bank.prototypes.reshape(-1, self.bank.dim)
         if learning:
-            # Snapshot: the update below rewrites the buffer in place, which autograd (that
-            # keeps the prototypes for the backward of the similarities) must not see.
+            # Snapshot: update_prototypes rewrites the buffer in place, which autograd (that keeps
+            # the prototypes for the backward of the similarities) must not see.
             prototypes = prototypes.clone()
         similarities = embeddings @ prototypes.to(embeddings.dtype).t()  # (N, C * K)
         per_prototype = similarities.view(-1, self.num_classes, self.num_prototypes)
@@ -118,38 +206,42 @@ class ProtoSegHead(nn.Module):
         # contiguous: a channels-last view would make the full-resolution upsampling, its backward
         # and the cross-entropy copy (B, C, H, W) tensors; copying the small logits here is cheaper
         logits = class_scores.view(batch, height, width, self.num_classes).permute(0, 3, 1, 2).contiguous()
-        outputs = {"logits": logits}
+        outputs: dict[str, Any] = {"logits": logits}
         if learning:
-            labels = self._labels_at(target, height, width)
+            labels = resize_labels(target, (height, width)).reshape(-1)
             labels = torch.where(labels == self.ignore_index, torch.full_like(labels, -1), labels)
+            targets, update = self._cluster(embeddings, similarities, class_scores, labels)
             outputs["proto_logits"] = similarities
-            outputs["proto_targets"] = self._learn_prototypes(embeddings, similarities, class_scores, labels)
+            outputs["proto_targets"] = targets
+            outputs["prototype_update"] = update
         return outputs
 
-    @staticmethod
-    def _labels_at(target: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """``target`` ``(B, H, W)`` resized to ``(h, w)`` by nearest neighbour, flattened ``(N,)``."""
-        if target.shape[-2:] != (height, width):
-            resized = F.interpolate(target.unsqueeze(1).float(), size=(height, width), mode="nearest")
-            target = resized.squeeze(1).long()
-        return target.reshape(-1)
-
     @torch.no_grad()
-    def _learn_prototypes(
+    def _cluster(
         self,
         embeddings: torch.Tensor,
         similarities: torch.Tensor,
         class_scores: torch.Tensor,
         labels: torch.Tensor,
-    ) -> torch.Tensor:
-        """Cluster, update the bank and return the prototype targets ``(N,)`` (training step 1-4)."""
+    ) -> tuple[torch.Tensor, PrototypeUpdate]:
+        """Within-class clustering (training steps 1-3): the prototype targets ``(N,)`` and the pending
+        momentum update (step 4, applied by :meth:`update_prototypes`)."""
         correct = class_scores.argmax(dim=1) == labels
         assignment = self.bank.cluster(
             embeddings,
             labels,
             similarities=similarities.view(-1, self.num_classes, self.num_prototypes),
         )
-        self.bank.update(embeddings, labels, assignment.update, correct)
         valid = self.bank.valid_labels(labels)
         targets = labels * self.num_prototypes + assignment.target
-        return torch.where(valid, targets, torch.full_like(targets, PROTO_IGNORE_INDEX))
+        targets = torch.where(valid, targets, torch.full_like(targets, PROTO_IGNORE_INDEX))
+        return targets, PrototypeUpdate(embeddings.detach(), labels, assignment.update, correct)
+
+    @torch.no_grad()
+    def update_prototypes(self, update: PrototypeUpdate) -> None:
+        """Momentum update of the prototypes from a training forward's ``outputs["prototype_update"]``.
+
+        Call it once per training step, after the backward pass (the optimizer step may come before or
+        after); under DDP every rank calls it and ends with identical prototypes.
+        """
+        self.bank.update(update.embeddings, update.labels, update.assignment, update.correct)

@@ -1,0 +1,74 @@
+"""ProtoSeg + ContrastiveSeg's pixel contrast on the same decoder features (complementary views)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+
+from ..losses.contrast_seg import ContrastSegLoss
+from ..losses.protoseg import ProtoSegLoss
+from ..models.heads.protoseg import PrototypeUpdate
+from ..models.heads.protoseg_contrast import ProtoSegContrastHead
+from ..prototypes.pixel_queue import PixelQueue
+from .base import DatasetInfo, SegmentationMethod, build_segmentor
+from .contrast import PixelMemoryWriter, contrast_loss, pixel_memory
+from .protoseg import protoseg_head_options, protoseg_loss
+
+
+class ProtoSegContrastMethod(SegmentationMethod):
+    """``loss = CE + w_ppc PPC + w_ppd PPD + weight * pixel contrast`` (ProtoSeg's CE only; the
+    contrast from ``model.contrast.start_iter``). Reads ``model.protoseg`` and ``model.contrast``
+    (but its ``classifier_dropout``: there is no linear classifier)."""
+
+    name: ClassVar[str] = "protoseg_contrast"
+    reads: ClassVar[tuple[str, ...]] = ("protoseg", "contrast")
+    ignores: ClassVar[dict[str, tuple[str, ...]]] = {"contrast": ("classifier_dropout",)}
+    find_unused_parameters: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        network,
+        protoseg_criterion: ProtoSegLoss,
+        contrast_criterion: ContrastSegLoss,
+        memory: PixelQueue | None = None,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.protoseg_criterion = protoseg_criterion
+        self.contrast_criterion = contrast_criterion
+        self.memory = memory
+        self._writer = PixelMemoryWriter()
+        self._pending: PrototypeUpdate | None = None
+
+    @classmethod
+    def from_config(cls, model: Any, dataset: DatasetInfo, seed: int = 0) -> ProtoSegContrastMethod:
+        classes = cls.output_classes(dataset)
+        options = protoseg_head_options(model.protoseg)
+        network = build_segmentor(
+            model,
+            classes,
+            lambda channels: ProtoSegContrastHead(channels, classes, options, model.contrast.proj_dim),
+        )
+        return cls(
+            network,
+            protoseg_loss(model.protoseg),
+            contrast_loss(model.contrast, seed, ce_weight=0.0),
+            pixel_memory(model.contrast, classes),
+        )
+
+    def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
+        target = batch["mask"]
+        outputs = self.network(batch["image"], target)
+        self._pending = outputs.get("prototype_update")
+        self._writer.hold(outputs, target)
+        terms = self.protoseg_criterion(outputs, target, iteration)
+        contrast = self.contrast_criterion(outputs, target, iteration, self.memory)
+        return {**terms, "loss": terms["loss"] + contrast["loss"], "contrast": contrast["contrast"]}
+
+    def after_step(self, iteration: int) -> None:
+        if self._pending is not None:
+            self.network.head.update_prototypes(self._pending)
+            self._pending = None
+        self._writer.write(self.memory, self.contrast_criterion.generator)
