@@ -117,21 +117,49 @@ def test_train_eval_predict_cli(shapes_root, tmp_path, capsys):
         assert (out / f"{name}_overlay.jpg").is_file()
 
 
-def test_resume_gives_the_same_weights(shapes_root, tmp_path):
-    cfg = load_config(
-        ROOT / "configs/shapes/linear.yaml", tiny_overrides(shapes_root, **{"data.flip": "true"})
-    )
+RESUMED = {
+    "linear": {},
+    # dropout (global RNG), anchor sampling (the method's own generator), contrast from iteration 1
+    "contrast": {
+        "model.method": "contrast",
+        "model.contrast.start_iter": 1,
+        "model.contrast.max_views": 8,
+        "model.contrast.proj_dim": 8,
+    },
+    # the Gumbel draws of the prototype update (global RNG)
+    "protoseg": {"model.method": "protoseg", "model.protoseg.assignment": "gumbel"},
+}
+
+
+@pytest.mark.parametrize("method", list(RESUMED))
+@pytest.mark.parametrize("until", [3, 4])
+def test_resume_gives_the_same_weights(shapes_root, tmp_path, method, until):
+    """Interrupted right after a validation (3) or between validations (4), then resumed: the weights
+    and the logged losses are those of an uninterrupted run."""
+    overrides = tiny_overrides(shapes_root, **{"data.flip": "true", **RESUMED[method]})
+    cfg = load_config(ROOT / "configs/shapes/linear.yaml", overrides)
     straight = Trainer(cfg, tmp_path / "straight", progress=False)
     straight.train()
     interrupted = Trainer(cfg, tmp_path / "resumed", progress=False)
-    interrupted.train(until=4)
+    interrupted.train(until=until)
     resumed = Trainer(cfg, tmp_path / "resumed", resume=True, progress=False)
-    assert resumed.iteration == 4
+    assert resumed.iteration == until
     resumed.train()
     expected, got = straight.method.state_dict(), resumed.method.state_dict()
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+    def losses(run: str) -> dict:
+        """Losses averaged over log windows (2 iterations) that lie wholly after the interruption."""
+        records = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return {
+            r["iteration"]: r["loss"]
+            for r in records
+            if r["split"] == "train" and r["iteration"] - 2 >= until
+        }
+
+    assert losses("straight") == losses("resumed")
 
 
 def test_protoseg_head_trains_and_keeps_prototypes_in_checkpoint(shapes_root, tmp_path):

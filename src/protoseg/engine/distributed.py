@@ -53,6 +53,15 @@ def broadcast_buffers(module: torch.nn.Module, context: DistributedContext) -> N
             dist.broadcast(buffer, src=0)
 
 
+def gather_objects(value: object, context: DistributedContext) -> list:
+    """``[value of rank 0, value of rank 1, ...]`` on every rank (``[value]`` without DDP)."""
+    if not context.enabled:
+        return [value]
+    gathered: list = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def close_process_group() -> None:
     """Tear the default process group down on all ranks together: a barrier, then
     ``destroy_process_group``. Without the barrier, a gloo rank whose peer had already torn down

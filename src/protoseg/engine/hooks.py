@@ -150,8 +150,8 @@ class MetricsLogger(HookBase):
 
 
 class Checkpointer(HookBase):
-    """Save ``last.pt`` every ``interval`` iterations, at every validation, at the end of the schedule
-    and when ``train(until=...)`` stops early."""
+    """Save ``last.pt`` every ``interval`` iterations, before every validation, at the end of the
+    schedule and when ``train(until=...)`` stops early."""
 
     def __init__(self, interval: int, validation_interval: int) -> None:
         self.interval = interval
@@ -170,8 +170,8 @@ class Checkpointer(HookBase):
 
 
 class Validator(HookBase):
-    """Validate every ``interval`` iterations and at the end of the schedule; log the metrics; keep the
-    best model as ``best.pt``."""
+    """Validate every ``interval`` iterations and at the end of the schedule (after the checkpoint); log
+    the metrics; keep the best model as ``best.pt``."""
 
     def __init__(self, interval: int, logger: MetricsLogger) -> None:
         self.interval = interval
@@ -198,3 +198,4 @@ class Validator(HookBase):
         if metrics["mIoU"] > trainer.best_score:
             trainer.best_score = metrics["mIoU"]
             trainer.save("best")
+            trainer.save("last")  # its best score is part of what a resumed run continues from

@@ -4,7 +4,11 @@ it (periodic refresh, logging, checkpoints, validation), for every method alike.
 The trainer knows no method by name: what a method needs (its inputs, its state updates, its periodic
 refresh, DDP's ``find_unused_parameters``, its validation labels) it asks the method.
 
-A resumed run continues the exact same stream of batches (seeded sampler) and RNG states.
+A resumed run continues the exact same stream of batches (seeded sampler) and random draws, so it
+ends with the same weights as an uninterrupted run: checkpoints hold every RNG state (the global ones
+and each rank's method generators), and neither validation nor the creation of data loaders draws
+from the training's random streams. ``last.pt`` is written before each validation, so a failing
+validation loses no training.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from torch.utils.data import DataLoader
 from ..config import Config, config_to_dict
 from ..data.sampler import SeededSampler
 from ..methods import DatasetInfo, Method, build_method
+from ..ops.random import generator_states, set_generator_states
 from .amp import amp_settings
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import build_split_dataset
 from .device import resolve_device
-from .distributed import DistributedContext, broadcast_buffers, cleanup, init_distributed
+from .distributed import DistributedContext, broadcast_buffers, cleanup, gather_objects, init_distributed
 from .evaluator import evaluate, validation_settings
 from .hooks import Checkpointer, HookBase, MetricsLogger, PeriodicRefresh, ProgressReporter, Validator
 from .optim import build_optimizer, build_scheduler
@@ -135,8 +140,8 @@ class Trainer:
             hooks.append(PeriodicRefresh(self.method.refresh, refresh_interval))
         hooks += [
             logger,
-            Validator(train.val_interval, logger),
             Checkpointer(train.checkpoint_interval, train.val_interval),
+            Validator(train.val_interval, logger),
         ]
         for hook in hooks:
             hook.trainer = self
@@ -177,7 +182,7 @@ class Trainer:
         )
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _state(self) -> dict[str, Any]:
+    def _state(self, method_rng: list[dict]) -> dict[str, Any]:
         return {
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -186,6 +191,7 @@ class Trainer:
             "iteration": self.iteration,
             "best_score": self.best_score,
             "rng": rng_state(),
+            "method_rng": method_rng,
             "config": config_to_dict(self.cfg),
             "dataset": dataset_meta(self.train_set),
         }
@@ -199,27 +205,34 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.best_score = float(state["best_score"])
         set_rng_state(state["rng"])
+        method_rng = state.get("method_rng") or []
+        if len(method_rng) == self.context.world_size:
+            set_generator_states(self.method, method_rng[self.context.rank])
 
     def save(self, name: str) -> Path:
-        """Write ``checkpoints/<name>.pt`` (main process only)."""
+        """Write ``checkpoints/<name>.pt`` (the main process writes; every rank must call it, since the
+        ranks' method generator states are gathered into it)."""
         path = self.run.checkpoints / f"{name}.pt"
+        method_rng = gather_objects(generator_states(self.method), self.context)
         if self.context.is_main:
-            save_checkpoint(self._state(), path)
+            save_checkpoint(self._state(method_rng), path)
         return path
 
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:
-        """The method's validation metrics on the val split, on the model rank 0 saves."""
+        """The method's validation metrics on the val split, on the model rank 0 saves. Leaves every
+        RNG state as it found it."""
         broadcast_buffers(self.method, self.context)
-        return evaluate(
-            self.method,
-            self.val_set,
-            self.device,
-            validation_settings(self.cfg),
-            self.context,
-            self.cfg.data.num_workers,
-            progress=self.progress and self.context.is_main,
-        )
+        with preserved_rng():
+            return evaluate(
+                self.method,
+                self.val_set,
+                self.device,
+                validation_settings(self.cfg),
+                self.context,
+                self.cfg.data.num_workers,
+                progress=self.progress and self.context.is_main,
+            )
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self, until: int | None = None) -> dict[str, Any] | None:
@@ -227,7 +240,8 @@ class Trainer:
         schedule: an interruption that ``--resume`` continues). Returns the last val metrics."""
         self.stop_iteration = self.max_iterations if until is None else min(until, self.max_iterations)
         self.method.train()
-        batches = iter(self._train_loader())
+        with preserved_rng():
+            batches = iter(self._train_loader())
         for hook in self.hooks:
             hook.before_train()
         try:
