@@ -354,9 +354,110 @@ def command_losses(args: argparse.Namespace) -> None:
     report["ppd"] = {"released": float(ppd_released), "protoseg": float(ppd_ours)}
     worst = max(abs(float(ppc_released - ppc_ours)), abs(float(ppd_released - ppd_ours)))
     report["max_abs_loss_difference"] = worst
+    report["head"] = head_parity(released)
+    report["prototype_update"] = update_parity(released)
     print(json.dumps(report, indent=2))
-    if mismatched or worst > 1e-5:
+    failed = (
+        mismatched
+        or worst > 1e-5
+        or report["head"]["max_abs_logit_difference"] > 1e-5
+        or report["prototype_update"]["max_abs_prototype_difference"] > 1e-6
+        or not report["prototype_update"]["targets_equal"]
+    )
+    if failed:
         raise SystemExit("parity check failed")
+
+
+def _copy_released_weights(ours, released_head: ReleasedProtoSegHead) -> None:
+    """Give protoseg's head (``projection_norm=released``, ``cls_head=True``) the released head's weights."""
+    impl = released_head.impl
+    pairs = {
+        "cls_head.0": impl.cls_head[0],
+        "cls_head.1": impl.cls_head[1][0],
+        "proj.0": impl.proj_head.proj[0],
+        "proj.2": impl.proj_head.proj[2],
+        "feat_norm": impl.feat_norm,
+        "mask_norm": impl.mask_norm,
+    }
+    modules = dict(ours.named_modules())
+    for name, module in pairs.items():
+        modules[name].load_state_dict(module.state_dict())
+    with torch.no_grad():
+        ours.bank.prototypes.copy_(F.normalize(impl.prototypes.detach(), dim=-1))
+
+
+def head_parity(released) -> dict:
+    """The released head's forward against protoseg's head with ``projection_norm: released`` and
+    ``cls_head: true``, with the same weights: the logits of an eval forward."""
+    from protoseg.models.heads import ProtoSegHead
+
+    torch.manual_seed(0)
+    classes, prototypes_per_class, channels = 5, 4, 16
+    theirs = ReleasedProtoSegHead(released, channels, classes, prototypes_per_class, 0.999)
+    ours = ProtoSegHead(channels, classes, prototypes_per_class, projection_norm="released", cls_head=True)
+    with torch.no_grad():  # non-trivial normalisation statistics and affine parameters
+        for module in theirs.modules():
+            if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    _copy_released_weights(ours, theirs)
+    features = torch.randn(2, channels, 12, 20)
+    theirs.eval(), ours.eval()
+    with torch.no_grad():
+        difference = (theirs(features)["logits"] - ours(features)["logits"]).abs().max()
+    return {"max_abs_logit_difference": float(difference)}
+
+
+def update_parity(released) -> dict:
+    """One training forward of the released head (its Gumbel draw replaced by the argmax, so the update
+    is deterministic) against protoseg's head with ``assignment: argmax``: the updated prototypes and the
+    PPC targets."""
+    import lib.models.modules.sinkhorn as released_sinkhorn
+
+    from protoseg.models.heads import ProtoSegHead
+
+    torch.manual_seed(1)
+    classes, prototypes_per_class, channels, gamma = 5, 4, 16, 0.9
+    theirs = ReleasedProtoSegHead(released, channels, classes, prototypes_per_class, gamma)
+    ours = ProtoSegHead(
+        channels, classes, prototypes_per_class, momentum=gamma, projection_norm="released", cls_head=True
+    )
+    _copy_released_weights(ours, theirs)
+    features = torch.randn(2, channels, 12, 20)
+    target = torch.randint(0, classes, (2, 48, 80))
+    target[:, :8] = IGNORE_INDEX
+    for module in (theirs, ours):  # training forward without dropout: BatchNorm in batch mode
+        module.train()
+        for layer in module.modules():
+            if isinstance(layer, nn.Dropout2d):
+                layer.p = 0.0
+
+    def argmax_one_hot(logits, tau=1.0, hard=False):
+        return F.one_hot(logits.argmax(dim=1), logits.shape[1]).to(logits.dtype)
+
+    original = released_sinkhorn.F.gumbel_softmax
+    released_sinkhorn.F.gumbel_softmax = argmax_one_hot
+    try:
+        released_out = theirs(features, target)["released"]
+    finally:
+        released_sinkhorn.F.gumbel_softmax = original
+    outputs = ours(features, target)
+    before = ours.bank.prototypes.clone()
+    ours.update_prototypes(outputs["prototype_update"])
+    released_prototypes = F.normalize(theirs.impl.prototypes.detach(), dim=-1)
+    difference = (released_prototypes - ours.bank.prototypes).abs().max()
+    released_targets = released_out["target"].long()
+    our_targets = torch.where(outputs["proto_targets"] >= 0, outputs["proto_targets"], IGNORE_INDEX)
+    moved = int((ours.bank.prototypes != before).any(dim=-1).sum())
+    return {
+        "max_abs_prototype_difference": float(difference),
+        "targets_equal": bool(torch.equal(released_targets, our_targets)),
+        "prototypes": classes * prototypes_per_class,
+        "moved": moved,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
