@@ -204,8 +204,10 @@ def register_released_method(released) -> None:
             classes = cls.output_classes(dataset)
             p = model.protoseg
 
-            def head(channels: int) -> nn.Module:
-                return ReleasedProtoSegHead(released, channels, classes, p.num_prototypes, p.momentum)
+            def head(decoder) -> nn.Module:
+                return ReleasedProtoSegHead(
+                    released, decoder.out_channels, classes, p.num_prototypes, p.momentum
+                )
 
             network = build_segmentor(model, classes, head)
             return cls(

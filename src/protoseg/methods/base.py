@@ -176,8 +176,11 @@ def build_backbone_from_config(model: Any) -> nn.Module:
     return build_backbone(backbone.name, backbone.pretrained, backbone.output_stride, backbone.out_indices)
 
 
-def build_segmentor(model: Any, num_classes: int, make_head: Callable[[int], nn.Module]) -> Segmentor:
-    """Backbone + concat-fusion decoder of the ``model`` section + ``make_head(decoder channels)``."""
+def build_segmentor(
+    model: Any, num_classes: int, make_head: Callable[[ConcatFusionDecoder], nn.Module]
+) -> Segmentor:
+    """Backbone + concat-fusion decoder of the ``model`` section + ``make_head(decoder)`` (the head reads
+    ``decoder.out_channels``, or ``decoder.concat_channels`` for the concatenated backbone levels)."""
     backbone = build_backbone_from_config(model)
     decoder = ConcatFusionDecoder(backbone.out_channels, model.decoder.channels, model.decoder.dropout)
-    return Segmentor(backbone, decoder, make_head(decoder.out_channels), num_classes)
+    return Segmentor(backbone, decoder, make_head(decoder), num_classes)

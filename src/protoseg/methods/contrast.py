@@ -15,12 +15,17 @@ from ..ops.random import SeededGenerator
 from ..prototypes.pixel_queue import PixelQueue
 from .base import DatasetInfo, SegmentationMethod, build_segmentor
 
+PROJECTION_INPUTS = ("decoder", "backbone")
+
 
 @dataclass
 class ContrastConfig:
     """``model.contrast``: projection, anchor sampling, loss and memory (docs/methods.md section 2)."""
 
     proj_dim: int = setting(256, minimum=1)  # channels of the contrast embeddings
+    # what the projection embeds: the decoder output (protoseg) or the concatenated backbone levels
+    # before the decoder's fusion conv (the release, whose segmentation head holds that conv)
+    projection_input: str = setting("decoder", choices=PROJECTION_INPUTS)
     classifier_dropout: float = setting(0.1, minimum=0.0, less_than=1.0)  # the release's Dropout2d(0.1)
     weight: float = setting(0.1, minimum=0.0)  # of the contrast loss beside CE
     start_iter: int = setting(5000, minimum=0)  # iterations before the contrast is computed (released 5000)
@@ -33,6 +38,19 @@ class ContrastConfig:
     memory_size: int = setting(5000, minimum=1)  # entries per class and queue
     pixels_per_image: int = setting(10, minimum=0)  # pixels enqueued per image and class
     memory_temperature: float = setting(0.07, greater_than=0.0)  # tau = base tau against the memory
+
+
+def contrast_forward(network, images: torch.Tensor, target: torch.Tensor, projection_input: str) -> dict:
+    """The segmentor's training forward, the contrast embeddings taken from ``projection_input``."""
+    if projection_input == "decoder":
+        return network(images, target)
+    stacked = network.decoder.concat(network.backbone(images))
+    return network.head(network.decoder.fuse(stacked), target, projection_features=stacked)
+
+
+def projection_channels(decoder, projection_input: str) -> int:
+    """Input channels of the contrast projection for ``projection_input``."""
+    return decoder.out_channels if projection_input == "decoder" else decoder.concat_channels
 
 
 def contrast_loss(section: ContrastConfig, seed: int, ce_weight: float = 1.0) -> ContrastSegLoss:
@@ -86,11 +104,20 @@ class ContrastMethod(SegmentationMethod):
     reads: ClassVar[tuple[str, ...]] = ("contrast",)
     find_unused_parameters: ClassVar[bool] = True  # the projection gets no gradient before start_iter
 
-    def __init__(self, network, criterion: ContrastSegLoss, memory: PixelQueue | None = None) -> None:
+    def __init__(
+        self,
+        network,
+        criterion: ContrastSegLoss,
+        memory: PixelQueue | None = None,
+        projection_input: str = "decoder",
+    ) -> None:
         super().__init__()
+        if projection_input not in PROJECTION_INPUTS:
+            raise ValueError(f"projection_input must be one of {PROJECTION_INPUTS}, got '{projection_input}'")
         self.network = network
         self.criterion = criterion
         self.memory = memory
+        self.projection_input = projection_input
         self._writer = PixelMemoryWriter()
 
     @classmethod
@@ -100,12 +127,20 @@ class ContrastMethod(SegmentationMethod):
         network = build_segmentor(
             model,
             classes,
-            lambda channels: ContrastHead(channels, classes, section.proj_dim, section.classifier_dropout),
+            lambda decoder: ContrastHead(
+                decoder.out_channels,
+                classes,
+                section.proj_dim,
+                section.classifier_dropout,
+                projection_channels=projection_channels(decoder, section.projection_input),
+            ),
         )
-        return cls(network, contrast_loss(section, seed), pixel_memory(section, classes))
+        return cls(
+            network, contrast_loss(section, seed), pixel_memory(section, classes), section.projection_input
+        )
 
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
-        outputs = self.network(batch["image"], batch["mask"])
+        outputs = contrast_forward(self.network, batch["image"], batch["mask"], self.projection_input)
         self._writer.hold(outputs, batch["mask"])
         return self.criterion(outputs, batch["mask"], iteration, self.memory)
 

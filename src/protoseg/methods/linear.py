@@ -37,7 +37,9 @@ class LinearMethod(SegmentationMethod):
     def from_config(cls, model: Any, dataset: DatasetInfo, seed: int = 0) -> LinearMethod:
         classes = cls.output_classes(dataset)
         network = build_segmentor(
-            model, classes, lambda channels: LinearHead(channels, classes, dropout=model.linear.dropout)
+            model,
+            classes,
+            lambda decoder: LinearHead(decoder.out_channels, classes, dropout=model.linear.dropout),
         )
         return cls(network)
 

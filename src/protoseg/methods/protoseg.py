@@ -73,7 +73,9 @@ class ProtoSegMethod(SegmentationMethod):
     def from_config(cls, model: Any, dataset: DatasetInfo, seed: int = 0) -> ProtoSegMethod:
         classes = cls.output_classes(dataset)
         options = protoseg_head_options(model.protoseg)
-        network = build_segmentor(model, classes, lambda channels: ProtoSegHead(channels, classes, **options))
+        network = build_segmentor(
+            model, classes, lambda decoder: ProtoSegHead(decoder.out_channels, classes, **options)
+        )
         return cls(network, protoseg_loss(model.protoseg))
 
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from ..models.heads.protoseg import PrototypeUpdate
 from ..models.heads.protoseg_contrast import ProtoSegContrastHead
 from ..prototypes.pixel_queue import PixelQueue
 from .base import DatasetInfo, SegmentationMethod, build_segmentor
-from .contrast import PixelMemoryWriter, contrast_loss, pixel_memory
+from .contrast import PixelMemoryWriter, contrast_forward, contrast_loss, pixel_memory, projection_channels
 from .protoseg import protoseg_head_options, protoseg_loss
 
 
@@ -33,9 +33,11 @@ class ProtoSegContrastMethod(SegmentationMethod):
         protoseg_criterion: ProtoSegLoss,
         contrast_criterion: ContrastSegLoss,
         memory: PixelQueue | None = None,
+        projection_input: str = "decoder",
     ) -> None:
         super().__init__()
         self.network = network
+        self.projection_input = projection_input
         self.protoseg_criterion = protoseg_criterion
         self.contrast_criterion = contrast_criterion
         self.memory = memory
@@ -46,21 +48,29 @@ class ProtoSegContrastMethod(SegmentationMethod):
     def from_config(cls, model: Any, dataset: DatasetInfo, seed: int = 0) -> ProtoSegContrastMethod:
         classes = cls.output_classes(dataset)
         options = protoseg_head_options(model.protoseg)
+        section = model.contrast
         network = build_segmentor(
             model,
             classes,
-            lambda channels: ProtoSegContrastHead(channels, classes, options, model.contrast.proj_dim),
+            lambda decoder: ProtoSegContrastHead(
+                decoder.out_channels,
+                classes,
+                options,
+                section.proj_dim,
+                projection_channels=projection_channels(decoder, section.projection_input),
+            ),
         )
         return cls(
             network,
             protoseg_loss(model.protoseg),
-            contrast_loss(model.contrast, seed, ce_weight=0.0),
-            pixel_memory(model.contrast, classes),
+            contrast_loss(section, seed, ce_weight=0.0),
+            pixel_memory(section, classes),
+            section.projection_input,
         )
 
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
         target = batch["mask"]
-        outputs = self.network(batch["image"], target)
+        outputs = contrast_forward(self.network, batch["image"], target, self.projection_input)
         self._pending = outputs.get("prototype_update")
         self._writer.hold(outputs, target)
         terms = self.protoseg_criterion(outputs, target, iteration)

@@ -29,9 +29,15 @@ class ConcatFusionDecoder(nn.Module):
             nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
         )
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        self.concat_channels = total
+
+    def concat(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Every level upsampled (bilinear) to the finest and concatenated: ``(B, sum C_i, H_0, W_0)``."""
         size = features[0].shape[-2:]
         upsampled = [features[0]] + [
             F.interpolate(level, size=size, mode="bilinear", align_corners=False) for level in features[1:]
         ]
-        return self.fuse(torch.cat(upsampled, dim=1))
+        return torch.cat(upsampled, dim=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.fuse(self.concat(features))
