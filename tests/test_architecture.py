@@ -14,7 +14,9 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "protoseg"
 LAYERS: list[set[str]] = [
     {"__main__"},
     {"launcher"},
-    {"cli", "__init__", "api", "export"},
+    {"cli", "__init__"},
+    {"api"},
+    {"export"},
     {"benchmark", "viz", "integrations"},
     {"engine", "wsss"},
     {"config"},
