@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import protoseg
+from doc_examples import python_blocks
 from protoseg.cli import main
 from protoseg.data.shapes import generate_shapes
 from protoseg.ops.inference import InferenceSettings
@@ -265,3 +266,11 @@ def test_import_protoseg_does_not_import_torch():
     assert result.stdout.split() == ["False", protoseg.__version__]
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         protoseg.nothing  # noqa: B018
+
+
+def test_the_docs_heads_example_runs():
+    """docs/api.md, "Heads and losses on any backbone": the README's standalone-head example."""
+    (block, *_) = python_blocks("docs/api.md", "## Heads and losses on any backbone")
+    namespace: dict = {}
+    exec(compile(block, "docs/api.md", "exec"), namespace)
+    assert namespace["out"]["logits"].shape == (2, 19, 32, 32)
