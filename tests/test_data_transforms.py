@@ -161,3 +161,56 @@ def test_invalid_arguments():
         Normalize((0.5, 0.5, 0.5), (1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="color_jitter"):
         ColorJitter(1.5)
+
+
+def test_aspect_jitter_scales_width_and_height_by_the_drawn_ratio():
+    from protoseg.data.transforms import RandomScale
+
+    image = torch.rand(3, 40, 60)
+    mask = torch.randint(0, 3, (40, 60))
+    transform = RandomScale((1.5, 1.5), aspect_range=(0.81, 0.81))
+    scaled, scaled_mask = transform(image, mask, torch.Generator().manual_seed(0))
+    assert scaled.shape[-2:] == (round(40 * 1.5 / 0.9), round(60 * 1.5 * 0.9)) == scaled_mask.shape
+    assert set(scaled_mask.unique().tolist()) <= {0, 1, 2}
+    # without aspect jitter one number is drawn, as before the option existed
+    generator = torch.Generator().manual_seed(3)
+    RandomScale((0.5, 2.0))(image, mask, generator)
+    reference = torch.Generator().manual_seed(3)
+    torch.rand((), generator=reference)
+    assert torch.equal(generator.get_state(), reference.get_state())
+
+
+def test_brightness_shift_adds_one_integer_to_the_8_bit_image_and_clips():
+    from protoseg.data.transforms import RandomBrightnessShift
+
+    image = torch.tensor([0.0, 10 / 255, 250 / 255, 1.0]).view(1, 1, 4).expand(3, 1, 4).clone()
+    shifts = set()
+    for seed in range(40):
+        shifted, _ = RandomBrightnessShift(10)(image, None, torch.Generator().manual_seed(seed))
+        offset = round(float(shifted[0, 0, 1] * 255)) - 10
+        assert -10 <= offset <= 10
+        expected = ((image * 255).round() + offset).clamp(0, 255) / 255
+        torch.testing.assert_close(shifted, expected, rtol=0, atol=1e-6)
+        shifts.add(offset)
+    assert len(shifts) > 10
+
+
+def test_min_side_resize_and_the_released_training_transforms():
+    from protoseg.data.transforms import RandomBrightnessShift, ResizeMinSide, build_transforms
+
+    image, mask = torch.rand(3, 30, 60), torch.zeros(30, 60, dtype=torch.long)
+    resized, resized_mask = ResizeMinSide(45)(image, mask)
+    assert resized.shape[-2:] == (45, 90) == resized_mask.shape
+    steps = build_transforms(
+        True, (32, 32), (0.5, 2.0), aspect_range=(0.9, 1.1), brightness_shift=10, min_side=40
+    )
+    kinds = [type(step).__name__ for step in steps.transforms]
+    assert kinds == [
+        "ResizeMinSide",
+        "RandomScale",
+        "RandomHorizontalFlip",
+        "RandomBrightnessShift",
+        "Normalize",
+        "RandomCrop",
+    ]
+    assert isinstance(steps.transforms[3], RandomBrightnessShift)

@@ -10,7 +10,9 @@ NUM_CLASSES, NUM_PROTOTYPES, IN_CHANNELS, DIM = 4, 3, 6, 5
 
 
 def make_head(**kwargs) -> ProtoSegHead:
+    """The paper's head (no normalisation of the projection: the per-pixel references below)."""
     torch.manual_seed(0)
+    kwargs.setdefault("projection_norm", "none")
     return ProtoSegHead(IN_CHANNELS, NUM_CLASSES, num_prototypes=NUM_PROTOTYPES, proj_dim=DIM, **kwargs)
 
 
@@ -190,7 +192,9 @@ def test_embedding_dimension(proj_dim, expected):
 
 def test_without_projection_the_decoder_features_themselves_are_embedded():
     torch.manual_seed(0)
-    head = ProtoSegHead(IN_CHANNELS, NUM_CLASSES, num_prototypes=NUM_PROTOTYPES, projection="none").eval()
+    head = ProtoSegHead(
+        IN_CHANNELS, NUM_CLASSES, num_prototypes=NUM_PROTOTYPES, projection="none", projection_norm="none"
+    ).eval()
     assert not any(isinstance(module, torch.nn.Conv2d) for module in head.modules())
     # only the two LayerNorms learn: feat_norm over Cin and mask_norm over C
     assert sum(p.numel() for p in head.parameters()) == 2 * IN_CHANNELS + 2 * NUM_CLASSES
@@ -227,4 +231,59 @@ def test_projection_choices_are_checked():
     assert (
         ProtoSegHead(IN_CHANNELS, NUM_CLASSES, proj_dim=IN_CHANNELS, projection="none").bank.dim
         == IN_CHANNELS
+    )
+
+
+def reference_projection_norm(mode: str, projected: torch.Tensor) -> torch.Tensor:
+    """Float64 loops over (image, channel) of each normalisation of ``ProjectionNorm``."""
+    x = projected.double()
+    out = torch.empty_like(x)
+    batch, channels, height, width = x.shape
+    for b in range(batch):
+        for c in range(channels):
+            plane = x[b, c]
+            if mode == "released":  # L2 over the width axis: each row of each channel
+                out[b, c] = plane / plane.pow(2).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-12)
+            elif mode == "instance":
+                out[b, c] = (plane - plane.mean()) / (plane.var(unbiased=False) + 1e-5).sqrt()
+            elif mode == "spatial_rms":
+                out[b, c] = plane / (plane.pow(2).mean() + 1e-12).sqrt()
+            elif mode == "none":
+                out[b, c] = plane
+    if mode == "batch":  # training mode: statistics over images and pixels
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        out = (x - mean) / (var + 1e-5).sqrt()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["none", "released", "batch", "instance", "spatial_rms"])
+def test_projection_norms_match_float64_references(mode):
+    from protoseg.models.heads.protoseg import ProjectionNorm
+
+    projected = torch.randn(2, 5, 6, 7) * 3 + 1
+    norm = ProjectionNorm(mode, 5).train()
+    torch.testing.assert_close(
+        norm(projected).double(), reference_projection_norm(mode, projected), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_the_batch_normalised_head_is_resolution_independent_at_inference_and_the_released_is_not():
+    """At inference the default head embeds each pixel alone (running statistics); the release's
+    width-axis L2 makes a pixel's embedding depend on the other pixels of its row."""
+    features = torch.randn(1, IN_CHANNELS, 8, 12)
+    for mode, independent in (("batch", True), ("released", False)):
+        head = make_head(projection_norm=mode)
+        head.train()
+        head(torch.randn(4, IN_CHANNELS, 8, 12))  # some running statistics
+        head.eval()
+        whole = head.embed(features).view(8, 12, -1)
+        left = head.embed(features[..., :6]).view(8, 6, -1)
+        assert torch.allclose(whole[:, :6], left, atol=1e-6) == independent, mode
+
+
+def test_protoseg_default_normalises_the_projection_with_batch_norm():
+    head = ProtoSegHead(IN_CHANNELS, NUM_CLASSES)
+    assert head.projection_norm.mode == "batch" and isinstance(
+        head.projection_norm.batch_norm, torch.nn.BatchNorm2d
     )

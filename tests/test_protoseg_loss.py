@@ -111,3 +111,37 @@ def test_without_prototype_outputs_the_loss_is_the_cross_entropy():
 def test_bad_temperature_raises_value_error():
     with pytest.raises(ValueError, match="temperature"):
         ProtoSegLoss(temperature=0.0)
+
+
+def test_class_weighted_cross_entropy_is_the_weighted_mean_of_nn_cross_entropy():
+    from protoseg.losses import SegmentationCELoss
+    from protoseg.losses.segmentation import upsampled_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 6, 6, generator=generator, dtype=torch.float64)
+    target = torch.randint(0, 4, (2, 6, 6), generator=generator)
+    target[0, 0] = 255
+    weights = torch.tensor([0.8, 1.0, 1.2, 0.5])
+    expected = torch.nn.CrossEntropyLoss(weight=weights.double(), ignore_index=255)(logits, target)
+    got = upsampled_cross_entropy(logits, target, 255, weights)
+    assert math.isclose(float(got), float(expected), rel_tol=1e-6)
+    criterion = SegmentationCELoss(class_weights=weights.tolist())
+    assert "class_weights" not in criterion.state_dict()  # not persistent: checkpoints stay as they were
+    assert math.isclose(float(criterion({"logits": logits}, target)["loss"]), float(expected), rel_tol=1e-6)
+    assert float(upsampled_cross_entropy(logits, torch.full_like(target, 255), 255, weights)) == 0.0
+    with pytest.raises(ValueError, match="class weights"):
+        SegmentationCELoss(class_weights=[0.0, 0.0])
+
+
+def test_ce_class_weights_reach_every_segmentation_method_and_their_count_is_checked():
+    from protoseg.config import load_config
+    from protoseg.methods import DatasetInfo, build_method
+
+    tiny = ["model.backbone.name=tiny", "model.backbone.pretrained=false", "model.decoder.channels=8"]
+    for method in ("linear", "protoseg", "contrast", "protoseg_contrast"):
+        cfg = load_config(None, tiny + [f"model.method={method}", "model.ce_class_weights=[1, 2, 3]"])
+        built = build_method(cfg.model, DatasetInfo(3, True))
+        weights = [m.class_weights for m in built.modules() if getattr(m, "class_weights", None) is not None]
+        assert weights and all(w.tolist() == [1.0, 2.0, 3.0] for w in weights), method
+        with pytest.raises(ValueError, match="model.ce_class_weights.*3 values.*4 classes"):
+            build_method(cfg.model, DatasetInfo(4, True))

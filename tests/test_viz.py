@@ -110,7 +110,8 @@ def trained(proto_run):
 
 @pytest.fixture(scope="module")
 def reference(trained):
-    """Float64 copy of the model: ``embed(image)`` -> ``(h, w, D)`` embeddings by explicit per-pixel math."""
+    """Float64 copy of the model: ``embed(image)`` -> ``(h, w, D)`` embeddings by explicit per-pixel math
+    (LayerNorm and L2) after the model's own projection and its normalisation (eval mode)."""
     model = copy.deepcopy(trained.model).double()
     head = prototype_head(model, "reference", "test")
     cache = {}
@@ -119,7 +120,7 @@ def reference(trained):
         if index not in cache:
             image = trained.dataset[index]["image"].unsqueeze(0).double()
             with torch.no_grad():
-                projected = head.proj(model.decoder(model.backbone(image)))[0]
+                projected = head.projection_norm(head.proj(model.decoder(model.backbone(image))))[0]
             dim, height, width = projected.shape
             norm = head.feat_norm
             out = torch.empty(height, width, dim, dtype=torch.float64)

@@ -57,8 +57,13 @@ class DataConfig:
     scale_range: list[float] = setting(
         default_factory=lambda: [0.5, 2.0], length=2, items={"greater_than": 0.0}
     )  # random rescaling of the training images, (low, high)
+    aspect_range: list[float] = setting(
+        default_factory=lambda: [1.0, 1.0], length=2, items={"greater_than": 0.0}
+    )  # random aspect ratio of the rescaling (the releases: [0.9, 1.1])
+    min_side: int | None = setting(None, minimum=1)  # resize the shorter side to this first (ADE20K: 520)
     flip: bool = True
     color_jitter: float = setting(0.0, minimum=0.0, maximum=1.0)
+    brightness_shift: int = setting(0, minimum=0, maximum=255)  # +-shift on 8-bit values (releases: 10)
     mean: list[float] = setting(default_factory=lambda: [0.485, 0.456, 0.406], length=3)
     std: list[float] = setting(
         default_factory=lambda: [0.229, 0.224, 0.225], length=3, items={"greater_than": 0.0}
@@ -89,6 +94,8 @@ def _model_config_class() -> type:
         ("decoder", DecoderConfig, field(default_factory=DecoderConfig)),
         # converted to SyncBatchNorm under multi-GPU DDP (GPU only)
         ("sync_bn", bool, field(default=True)),
+        # per-class weights of the segmentation cross-entropy, one per class (the releases' ce_weight)
+        ("ce_class_weights", list[float] | None, setting(None, minimum=1, items={"minimum": 0.0})),
     ]
     fields += [(name, section, field(default_factory=section)) for name, section in SECTIONS.items()]
     model_config = dataclasses.make_dataclass("ModelConfig", fields)
@@ -212,6 +219,11 @@ def _check_relations(cfg: Config) -> None:
                     f"config key 'model.{section}.{name}' does not apply to model.method={method.name} "
                     f"(leave it at {getattr(defaults, name)!r})"
                 )
+    low, high = cfg.data.aspect_range
+    if low > high:
+        raise ConfigError(
+            f"config key 'data.aspect_range' must be (low, high) with low <= high, got {[low, high]}"
+        )
     low, high = cfg.data.scale_range
     if low > high:
         raise ConfigError(

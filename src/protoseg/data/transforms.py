@@ -69,19 +69,34 @@ class Compose:
 
 
 class RandomScale:
-    """Resize by a factor drawn uniformly from ``scale_range`` (image bilinear, mask nearest)."""
+    """Resize by a factor drawn uniformly from ``scale_range`` (image bilinear, mask nearest).
 
-    def __init__(self, scale_range: Sequence[float] = (0.5, 2.0)) -> None:
+    With ``aspect_range`` (the release's ``random_resize``), an aspect ratio a is also drawn uniformly
+    and the width is scaled by ``scale * sqrt(a)``, the height by ``scale / sqrt(a)``; the default
+    ``(1, 1)`` draws nothing more.
+    """
+
+    def __init__(
+        self, scale_range: Sequence[float] = (0.5, 2.0), aspect_range: Sequence[float] = (1.0, 1.0)
+    ) -> None:
         low, high = float(scale_range[0]), float(scale_range[1])
         if not 0 < low <= high:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {tuple(scale_range)}")
+        aspect_low, aspect_high = float(aspect_range[0]), float(aspect_range[1])
+        if not 0 < aspect_low <= aspect_high:
+            raise ValueError(f"aspect_range must satisfy 0 < low <= high, got {tuple(aspect_range)}")
         self.scale_range = (low, high)
+        self.aspect_range = (aspect_low, aspect_high)
 
     def __call__(self, image, mask=None, generator=None):
         image, mask = to_image_tensor(image), to_mask_tensor(mask)
         scale = _uniform(generator, *self.scale_range)
         height, width = image.shape[-2:]
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        if self.aspect_range == (1.0, 1.0):
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        else:
+            aspect = _uniform(generator, *self.aspect_range)
+            size = (max(1, round(height * scale / aspect**0.5)), max(1, round(width * scale * aspect**0.5)))
         if size == (height, width):
             return image, mask
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
@@ -91,7 +106,51 @@ class RandomScale:
         return image, mask
 
     def __repr__(self) -> str:
-        return f"RandomScale({self.scale_range})"
+        return f"RandomScale({self.scale_range}, aspect_range={self.aspect_range})"
+
+
+class ResizeMinSide:
+    """Resize so that the shorter side is ``min_side`` (the release's ``resize`` of ADE20K images
+    before its random rescaling; image bilinear, mask nearest)."""
+
+    def __init__(self, min_side: int) -> None:
+        if min_side < 1:
+            raise ValueError(f"min_side must be >= 1, got {min_side}")
+        self.min_side = int(min_side)
+
+    def __call__(self, image, mask=None, generator=None):
+        image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        height, width = image.shape[-2:]
+        factor = self.min_side / min(height, width)
+        size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        if size == (height, width):
+            return image, mask
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if mask is not None:
+            mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"ResizeMinSide({self.min_side})"
+
+
+class RandomBrightnessShift:
+    """Add one integer in ``[-shift, shift]`` to every channel of the 8-bit image (the release's
+    ``random_brightness``: round, clip to [0, 255]). Acts on the [0, 1] image before ``Normalize``."""
+
+    def __init__(self, shift: int) -> None:
+        if not 0 <= shift <= 255:
+            raise ValueError(f"brightness shift must be in [0, 255], got {shift}")
+        self.shift = int(shift)
+
+    def __call__(self, image, mask=None, generator=None):
+        image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        offset = int(torch.randint(-self.shift, self.shift + 1, (), generator=generator))
+        image = ((image * 255.0).round() + offset).clamp_(0.0, 255.0) / 255.0
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"RandomBrightnessShift({self.shift})"
 
 
 class RandomHorizontalFlip:
@@ -199,20 +258,28 @@ def build_transforms(
     color_jitter: float = 0.0,
     mean: Sequence[float] = (0.485, 0.456, 0.406),
     std: Sequence[float] = (0.229, 0.224, 0.225),
+    aspect_range: Sequence[float] = (1.0, 1.0),
+    brightness_shift: int = 0,
+    min_side: int | None = None,
 ) -> Compose:
-    """Training: [ColorJitter] -> RandomScale -> [flip] -> Normalize -> [RandomCrop with padding].
+    """Training: [ResizeMinSide] -> [ColorJitter] -> [RandomScale (with aspect jitter)] -> [flip] ->
+    [RandomBrightnessShift] -> Normalize -> [RandomCrop with padding].
 
     Evaluation (``train=False``): Normalize only, at the image's own size.
     """
     if not train:
         return Compose([Normalize(mean, std)])
     steps: list = []
+    if min_side is not None:
+        steps.append(ResizeMinSide(min_side))
     if color_jitter > 0:
         steps.append(ColorJitter(color_jitter))
-    if scale_range is not None and tuple(scale_range) != (1.0, 1.0):
-        steps.append(RandomScale(scale_range))
+    if scale_range is not None and (tuple(scale_range) != (1.0, 1.0) or tuple(aspect_range) != (1.0, 1.0)):
+        steps.append(RandomScale(scale_range, aspect_range))
     if flip:
         steps.append(RandomHorizontalFlip())
+    if brightness_shift > 0:
+        steps.append(RandomBrightnessShift(brightness_shift))
     steps.append(Normalize(mean, std))
     if crop_size is not None:
         steps.append(RandomCrop(crop_size))

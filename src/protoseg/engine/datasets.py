@@ -18,6 +18,9 @@ def data_transforms(data: DataConfig, train: bool):
         color_jitter=data.color_jitter,
         mean=tuple(data.mean),
         std=tuple(data.std),
+        aspect_range=tuple(data.aspect_range),
+        brightness_shift=data.brightness_shift,
+        min_side=data.min_side,
     )
 
 

@@ -10,7 +10,7 @@ from ..ops.random import SeededGenerator
 from ..prototypes.pixel_queue import PixelQueue
 from .anchor_sampling import HardAnchorSampler, RandomAnchorSampler
 from .pixel_contrast import PixelContrastLoss
-from .segmentation import upsampled_cross_entropy
+from .segmentation import class_weight_buffer, upsampled_cross_entropy
 
 SAMPLERS = {"hard": HardAnchorSampler, "random": RandomAnchorSampler}
 
@@ -26,7 +26,7 @@ class ContrastSegLoss(nn.Module):
     Anchors are sampled with the predictions ``outputs["logits"].argmax(1)`` (detached) and drawn
     with ``generator`` (default: an internal generator seeded with ``seed + rank``). With ``memory``
     (a :class:`PixelQueue`) the anchors are contrasted with its contents; the loss never writes to
-    the memory (the method enqueues after the step).
+    the memory (the method enqueues after the step). ``class_weights``: optional per-class CE weights.
     """
 
     def __init__(
@@ -42,8 +42,10 @@ class ContrastSegLoss(nn.Module):
         seed: int = 0,
         memory_temperature: float = 0.07,
         sampling: str = "hard",
+        class_weights=None,
     ) -> None:
         super().__init__()
+        class_weight_buffer(self, class_weights)
         if sampling not in SAMPLERS:
             raise ValueError(f"ContrastSegLoss sampling must be one of {sorted(SAMPLERS)}, got '{sampling}'")
         if start_iter < 0:
@@ -71,7 +73,11 @@ class ContrastSegLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         logits = outputs["logits"]
         zero = logits.sum() * 0.0
-        ce = upsampled_cross_entropy(logits, target, self.ignore_index) if self.ce_weight != 0 else zero
+        ce = (
+            upsampled_cross_entropy(logits, target, self.ignore_index, self.class_weights)
+            if self.ce_weight != 0
+            else zero
+        )
         embeddings = outputs.get("embeddings")
         contrast = zero
         if embeddings is not None and iteration >= self.start_iter and self.contrast_weight != 0:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.labels import IGNORE_INDEX
-from .segmentation import upsampled_cross_entropy
+from .segmentation import class_weight_buffer, upsampled_cross_entropy
 
 __all__ = ["ProtoSegLoss", "pixel_prototype_contrast_loss", "pixel_prototype_distance_loss"]
 
@@ -58,7 +58,7 @@ class ProtoSegLoss(nn.Module):
     ``outputs["logits"]`` upsampled bilinearly to the target size. Without ``"proto_logits"`` /
     ``"proto_targets"`` in ``outputs`` (eval mode) the loss is the CE alone. ``temperature`` divides
     the similarities in PPC only; the paper's equation has one, the released code does not, so the
-    default 1.0 reproduces the released numbers.
+    default 1.0 reproduces the released numbers. ``class_weights``: optional per-class CE weights.
     """
 
     def __init__(
@@ -67,8 +67,10 @@ class ProtoSegLoss(nn.Module):
         proto_distance_weight: float = 0.001,
         temperature: float = 1.0,
         ignore_index: int = IGNORE_INDEX,
+        class_weights=None,
     ) -> None:
         super().__init__()
+        class_weight_buffer(self, class_weights)
         if not temperature > 0:
             raise ValueError(f"ProtoSegLoss temperature must be > 0, got {temperature}")
         self.proto_contrast_weight = proto_contrast_weight
@@ -79,7 +81,7 @@ class ProtoSegLoss(nn.Module):
     def forward(
         self, outputs: dict[str, torch.Tensor], target: torch.Tensor, iteration: int = 0
     ) -> dict[str, torch.Tensor]:
-        ce = upsampled_cross_entropy(outputs["logits"], target, self.ignore_index)
+        ce = upsampled_cross_entropy(outputs["logits"], target, self.ignore_index, self.class_weights)
         if "proto_logits" not in outputs or "proto_targets" not in outputs:
             return {"loss": ce, "ce": ce.detach()}
         proto_logits, proto_targets = outputs["proto_logits"], outputs["proto_targets"]

@@ -170,6 +170,17 @@ class WeaklySupervisedMethod(Method):
         return cam_seed_labels(self.cams(batch["image"]), batch["tags"], size, settings.cam_threshold)
 
 
+def ce_class_weights(model: Any, num_classes: int) -> list[float] | None:
+    """``model.ce_class_weights``, checked to hold one weight per class."""
+    weights = model.ce_class_weights
+    if weights is not None and len(weights) != num_classes:
+        raise ValueError(
+            f"config key 'model.ce_class_weights' has {len(weights)} values; "
+            f"the dataset has {num_classes} classes"
+        )
+    return weights
+
+
 def build_backbone_from_config(model: Any) -> nn.Module:
     """The backbone of a ``model`` config section."""
     backbone = model.backbone

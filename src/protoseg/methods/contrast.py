@@ -13,7 +13,7 @@ from ..losses.contrast_seg import SAMPLERS, ContrastSegLoss
 from ..models.heads.contrast import ContrastHead
 from ..ops.random import SeededGenerator
 from ..prototypes.pixel_queue import PixelQueue
-from .base import DatasetInfo, SegmentationMethod, build_segmentor
+from .base import DatasetInfo, SegmentationMethod, build_segmentor, ce_class_weights
 
 PROJECTION_INPUTS = ("decoder", "backbone")
 
@@ -53,9 +53,12 @@ def projection_channels(decoder, projection_input: str) -> int:
     return decoder.out_channels if projection_input == "decoder" else decoder.concat_channels
 
 
-def contrast_loss(section: ContrastConfig, seed: int, ce_weight: float = 1.0) -> ContrastSegLoss:
+def contrast_loss(
+    section: ContrastConfig, seed: int, ce_weight: float = 1.0, class_weights: list[float] | None = None
+) -> ContrastSegLoss:
     """The CE + pixel-contrast criterion of the ``model.contrast`` section."""
     return ContrastSegLoss(
+        class_weights=class_weights,
         contrast_weight=section.weight,
         start_iter=section.start_iter,
         ce_weight=ce_weight,
@@ -135,9 +138,8 @@ class ContrastMethod(SegmentationMethod):
                 projection_channels=projection_channels(decoder, section.projection_input),
             ),
         )
-        return cls(
-            network, contrast_loss(section, seed), pixel_memory(section, classes), section.projection_input
-        )
+        criterion = contrast_loss(section, seed, class_weights=ce_class_weights(model, classes))
+        return cls(network, criterion, pixel_memory(section, classes), section.projection_input)
 
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
         outputs = contrast_forward(self.network, batch["image"], batch["mask"], self.projection_input)

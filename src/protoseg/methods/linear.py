@@ -11,7 +11,7 @@ import torch
 from ..fields import setting
 from ..losses.segmentation import SegmentationCELoss
 from ..models.heads.linear import LinearHead
-from .base import DatasetInfo, SegmentationMethod, build_segmentor
+from .base import DatasetInfo, SegmentationMethod, build_segmentor, ce_class_weights
 
 
 @dataclass
@@ -41,7 +41,7 @@ class LinearMethod(SegmentationMethod):
             classes,
             lambda decoder: LinearHead(decoder.out_channels, classes, dropout=model.linear.dropout),
         )
-        return cls(network)
+        return cls(network, SegmentationCELoss(class_weights=ce_class_weights(model, classes)))
 
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
         return self.criterion(self.network(batch["image"], batch["mask"]), batch["mask"], iteration)

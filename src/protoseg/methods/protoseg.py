@@ -12,7 +12,7 @@ from ..fields import setting
 from ..losses.protoseg import ProtoSegLoss
 from ..models.heads.protoseg import PROJECTION_NORMS, PROJECTIONS, ProtoSegHead, PrototypeUpdate
 from ..prototypes.bank import ASSIGNMENTS, INITIALIZATIONS
-from .base import DatasetInfo, SegmentationMethod, build_segmentor
+from .base import DatasetInfo, SegmentationMethod, build_segmentor, ce_class_weights
 
 
 @dataclass
@@ -22,7 +22,9 @@ class ProtoSegConfig:
     num_prototypes: int = setting(10, minimum=1)  # K per class
     proj_dim: int | None = setting(None, minimum=1)  # D; None: the decoder's channels (the paper's D = Cin)
     projection: str = setting("mlp", choices=PROJECTIONS)  # mlp (paper) | none (embed decoder features)
-    projection_norm: str = setting("none", choices=PROJECTION_NORMS)  # released: L2 over the width axis
+    # normalisation of the projected features (docs/methods.md): batch (protoseg, chosen by measurement) |
+    # released (the release's L2 over the width axis) | none | instance | spatial_rms
+    projection_norm: str = setting("batch", choices=PROJECTION_NORMS)
     cls_head: bool = False  # the released 3x3 conv + BN + ReLU + Dropout2d(0.1) before the projection
     momentum: float = setting(0.999, minimum=0.0, maximum=1.0)  # gamma of the prototype update
     assignment: str = setting("argmax", choices=ASSIGNMENTS)  # gumbel: the released random update
@@ -50,9 +52,14 @@ def protoseg_head_options(section: ProtoSegConfig) -> dict[str, Any]:
     }
 
 
-def protoseg_loss(section: ProtoSegConfig) -> ProtoSegLoss:
+def protoseg_loss(section: ProtoSegConfig, class_weights: list[float] | None = None) -> ProtoSegLoss:
     """The CE + PPC + PPD criterion of the ``model.protoseg`` section."""
-    return ProtoSegLoss(section.proto_contrast_weight, section.proto_distance_weight, section.temperature)
+    return ProtoSegLoss(
+        section.proto_contrast_weight,
+        section.proto_distance_weight,
+        section.temperature,
+        class_weights=class_weights,
+    )
 
 
 class ProtoSegMethod(SegmentationMethod):
@@ -76,7 +83,7 @@ class ProtoSegMethod(SegmentationMethod):
         network = build_segmentor(
             model, classes, lambda decoder: ProtoSegHead(decoder.out_channels, classes, **options)
         )
-        return cls(network, protoseg_loss(model.protoseg))
+        return cls(network, protoseg_loss(model.protoseg, ce_class_weights(model, classes)))
 
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
         outputs = self.network(batch["image"], batch["mask"])

@@ -12,7 +12,7 @@ from ..losses.protoseg import ProtoSegLoss
 from ..models.heads.protoseg import PrototypeUpdate
 from ..models.heads.protoseg_contrast import ProtoSegContrastHead
 from ..prototypes.pixel_queue import PixelQueue
-from .base import DatasetInfo, SegmentationMethod, build_segmentor
+from .base import DatasetInfo, SegmentationMethod, build_segmentor, ce_class_weights
 from .contrast import PixelMemoryWriter, contrast_forward, contrast_loss, pixel_memory, projection_channels
 from .protoseg import protoseg_head_options, protoseg_loss
 
@@ -62,7 +62,7 @@ class ProtoSegContrastMethod(SegmentationMethod):
         )
         return cls(
             network,
-            protoseg_loss(model.protoseg),
+            protoseg_loss(model.protoseg, ce_class_weights(model, classes)),
             contrast_loss(section, seed, ce_weight=0.0),
             pixel_memory(section, classes),
             section.projection_input,

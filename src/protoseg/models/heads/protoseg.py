@@ -133,7 +133,7 @@ class ProtoSegHead(nn.Module):
         generator: torch.Generator | None = None,
         init: str = "random",
         projection: str = "mlp",
-        projection_norm: str = "none",
+        projection_norm: str = "batch",
         cls_head: bool = False,
     ) -> None:
         super().__init__()
