@@ -5,11 +5,14 @@ chains run stage 1 (CAM network from tags), multi-scale CAMs on the train split,
 threshold sweep, pseudo labels at the best threshold, and stage 2 (linear head on the pseudo
 masks, evaluated on the real val masks).
 
-    python benchmarks/shapes_results.py --data data/shapes --out runs/results --jobs 2
+    python benchmarks/shapes_results.py --data data/shapes --out runs/results --seeds 0 1 2
     python benchmarks/shapes_results.py --out runs/results_1600 --iterations 1600 --only linear ...
 
 ``--iterations N`` runs every selected training for N iterations instead of the configs' 400
-(validation every N / 4), for the longer-schedule table.
+(validation every N / 4), for the longer-schedule table. ``--seeds`` runs each row once per seed
+(``train.seed``); the table gives the mean and standard deviation over the seeds of the final val
+mIoU and of the val mIoU at each quarter of the schedule. Finished runs (their last validation in
+``metrics.jsonl``) are reused, so an interrupted invocation continues where it stopped.
 
 Two job streams run side by side (one thread each); the table is printed at the end and written
 to ``OUT/results.md`` / ``OUT/results.json``.
@@ -38,6 +41,21 @@ SUPERVISED = {
         ["model.protoseg.num_prototypes=1", "model.protoseg.init=random"],
     ),
     "protoseg_k10_random_init": ("protoseg", ["model.protoseg.init=random"]),
+    # the release's head exactly: its cls_head, the width-axis L2, the Gumbel update, random prototypes
+    "protoseg_k10_released": (
+        "protoseg",
+        [
+            "model.protoseg.init=random",
+            "model.protoseg.projection_norm=released",
+            "model.protoseg.cls_head=true",
+            "model.protoseg.assignment=gumbel",
+        ],
+    ),
+    # the paper's head without a normalisation of the projection, random prototypes
+    "protoseg_k10_no_norm_random_init": (
+        "protoseg",
+        ["model.protoseg.init=random", "model.protoseg.projection_norm=none"],
+    ),
     # without the projection MLP: the decoder features are embedded (inference at the linear cost)
     "protoseg_k10_no_projection": ("protoseg", ["model.protoseg.projection=none"]),
     "contrast": ("contrast", []),
@@ -63,15 +81,29 @@ def run(command: list[str], log: Path) -> str:
     return result.stdout
 
 
+def val_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r["split"] == "val"]
+
+
 def final_val(run_dir: Path) -> dict:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if r["split"] == "val"][-1]
+    return val_records(run_dir)[-1]
+
+
+def finished(run_dir: Path, iterations: int) -> bool:
+    return any(r["iteration"] == iterations for r in val_records(run_dir))
 
 
 ITERATIONS: list[str] = []  # schedule overrides from --iterations, applied to every training
+SCHEDULE = {"iterations": 400}
 
 
 def train(config: str, run_dir: Path, data: str, extra: list[str], log: Path) -> float:
+    if finished(run_dir, SCHEDULE["iterations"]):
+        return float("nan")
     sets = [f"data.root={data}", "data.num_workers=1", *ITERATIONS, *extra]
     command = protoseg_command(
         "train",
@@ -88,11 +120,18 @@ def train(config: str, run_dir: Path, data: str, extra: list[str], log: Path) ->
     return time.perf_counter() - started
 
 
-def supervised(name: str, data: str, out: Path) -> dict:
+def supervised(name: str, data: str, out: Path, seed: int = 0) -> dict:
     config, extra = SUPERVISED[name]
-    run_dir = out / name
-    seconds = train(config, run_dir, data, extra, out / f"{name}.log")
-    return {"name": name, "val_mIoU": final_val(run_dir)["mIoU"], "train_seconds": seconds}
+    run_dir = out / f"{name}_s{seed}"
+    seconds = train(config, run_dir, data, [*extra, f"train.seed={seed}"], out / f"{name}_s{seed}.log")
+    trajectory = {str(r["iteration"]): r["mIoU"] for r in val_records(run_dir)}
+    return {
+        "name": name,
+        "seed": seed,
+        "val_mIoU": final_val(run_dir)["mIoU"],
+        "trajectory": trajectory,
+        "train_seconds": seconds,
+    }
 
 
 def wsss_chain(method: str, data: str, out: Path) -> dict:
@@ -162,11 +201,30 @@ def wsss_chain(method: str, data: str, out: Path) -> dict:
     }
 
 
+def _mean_std(values: list[float]) -> str:
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def table(results: dict) -> str:
-    lines = ["| method | head / stage | val mIoU (%) |", "|---|---|---|"]
+    lines = [
+        "| fully supervised | seeds | val mIoU (%) at each quarter of the schedule | final val mIoU (%) |",
+        "|---|---|---|---|",
+    ]
     for name in SUPERVISED:
-        if name in results:
-            lines.append(f"| fully supervised | {name} | {results[name]['val_mIoU']:.2f} |")
+        runs = [r for key, r in sorted(results.items()) if key.rsplit("_s", 1)[0] == name]
+        if not runs:
+            continue
+        points = sorted({int(it) for r in runs for it in r["trajectory"]})
+        quarters = " / ".join(
+            _mean_std([r["trajectory"][str(it)] for r in runs if str(it) in r["trajectory"]]) for it in points
+        )
+        final = _mean_std([r["val_mIoU"] for r in runs])
+        seeds = ",".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {name} | {seeds} | {quarters} | **{final}** |")
     lines += [
         "",
         "| WSSS method | CAM seed mIoU, train (%) | best threshold | stage-2 val mIoU (%) |",
@@ -192,7 +250,9 @@ def main() -> int:
     parser.add_argument(
         "--iterations", type=int, help="training iterations of every run (default: the configs')"
     )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each run")
     args = parser.parse_args()
+    SCHEDULE["iterations"] = args.iterations or 400
     if args.iterations:
         interval = max(1, args.iterations // 4)
         ITERATIONS[:] = [
@@ -207,13 +267,16 @@ def main() -> int:
         run(protoseg_command("make-data", "shapes", "--out", data), out / "make_data.log")
     wanted = args.only or list(SUPERVISED) + list(WSSS)
     # longest chains first so the two streams finish together
-    jobs = [(wsss_chain, m) for m in WSSS if m in wanted] + [
-        (supervised, n) for n in SUPERVISED if n in wanted
+    jobs = [(f"{m}", wsss_chain, (m, data, out)) for m in WSSS if m in wanted] + [
+        (f"{n}_s{seed}", supervised, (n, data, out, seed))
+        for seed in args.seeds
+        for n in SUPERVISED
+        if n in wanted
     ]
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {name: pool.submit(function, name, data, out) for function, name in jobs}
+        futures = {name: pool.submit(function, *arguments) for name, function, arguments in jobs}
         for name, future in futures.items():
             try:
                 results[name] = future.result()
