@@ -1,12 +1,15 @@
-"""ProtoSeg with and without its projection MLP against the linear head, side by side.
+"""ProtoSeg's projection variants against the linear head, side by side.
 
-The issue asks for ProtoSeg inference within 3 % of the linear head; the head of methods.md adds a
-projection MLP (1x1 conv Cin -> Cin, ReLU, 1x1 conv Cin -> D) before the prototype matmul, which
-costs more than that by its FLOPs alone. ``model.protoseg.projection=none`` embeds the decoder
-features directly. This script times inference (``Segmentor.predict``) and the training step of
-linear, protoseg (mlp) and protoseg (none) in the same interleaved rounds, with each one's FLOPs:
+The head of methods.md adds a projection MLP (1x1 conv Cin -> Cin, ReLU, 1x1 conv Cin -> D) before the
+prototype matmul, then a normalisation of the projected features (``model.protoseg.projection_norm``:
+``batch`` by default, ``none`` the paper's, ``released`` the release's width-axis L2), and the release's
+head a 3x3 ``cls_head`` before it; ``model.protoseg.projection=none`` embeds the decoder features
+directly. This script times inference (``Segmentor.predict``) and the training step of the chosen
+variants in the same interleaved rounds, with each one's FLOPs and its time ratio to the linear head:
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/protoseg_projection.py --repeats 30
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/protoseg_projection.py --variants linear \
+        "protoseg (mlp, none)" "protoseg (mlp, batch)" --repeats 40
     PYTHONPATH=src python benchmarks/protoseg_projection.py --preset gpu --device cuda --repeats 30
 """
 
@@ -30,8 +33,18 @@ from protoseg.benchmark.timing import interleaved_times  # noqa: E402
 
 VARIANTS = {
     "linear": ("linear", []),
-    "protoseg (mlp)": ("protoseg", ["model.protoseg.projection=mlp"]),
-    "protoseg (none)": ("protoseg", ["model.protoseg.projection=none"]),
+    "protoseg (mlp, none)": ("protoseg", ["model.protoseg.projection_norm=none"]),
+    "protoseg (mlp, batch)": ("protoseg", ["model.protoseg.projection_norm=batch"]),
+    "protoseg (mlp, released)": ("protoseg", ["model.protoseg.projection_norm=released"]),
+    "protoseg (released head)": (
+        "protoseg",
+        [
+            "model.protoseg.projection_norm=released",
+            "model.protoseg.cls_head=true",
+            "model.protoseg.assignment=gumbel",
+        ],
+    ),
+    "protoseg (no projection, batch)": ("protoseg", ["model.protoseg.projection=none"]),
 }
 
 
@@ -44,12 +57,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
+    if "linear" not in args.variants:
+        args.variants.insert(0, "linear")
     device = torch.device(args.device)
     settings = preset_settings(args.preset, device)
     benches = {
         name: MethodBench(method, dataclasses.replace(settings, user_overrides=overrides))
         for name, (method, overrides) in VARIANTS.items()
+        if name in args.variants
     }
     results = {}
     for suite, calls, count in (
