@@ -128,6 +128,9 @@ def test_every_input_kind_gives_the_same_labels(model, images, shapes_root):
         model.predict({"image": path})
     with pytest.raises(ValueError, match=r"\(H, W, 3\) or \(B, H, W, 3\)"):
         model.predict(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="a list of inputs holds single images"):
+        model.predict([torch.cat([tensor, tensor])])
+    assert not model.training
     with pytest.raises(FileNotFoundError, match="not-there.jpg"):
         model.predict(shapes_root / "not-there.jpg")
 
@@ -184,10 +187,13 @@ def test_create_model_builds_every_method_and_trains_in_code(shapes_root):
     )
     assert model.training and model.prototypes.shape == (4, 2, 8)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    batch = {"image": torch.randn(2, 3, 32, 32), "mask": torch.randint(0, 4, (2, 32, 32))}
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[0, 4:20, 4:20], masks[1, 10:30, 8:24], masks[1, :6] = 1, 2, 3
+    colours = torch.tensor([[-1.0, -1.0, -1.0], [1.5, -0.5, 0.0], [0.0, 1.0, -1.5], [1.0, 1.0, 1.0]])
+    batch = {"image": colours[masks].permute(0, 3, 1, 2) + 0.2 * torch.randn(2, 3, 32, 32), "mask": masks}
     before = model.prototypes.clone()
     losses = []
-    for iteration in range(3):
+    for iteration in range(5):
         terms = model.method(batch, iteration)
         optimizer.zero_grad()
         terms["loss"].backward()
@@ -199,6 +205,10 @@ def test_create_model_builds_every_method_and_trains_in_code(shapes_root):
     assert model.predict(torch.randn(3, 32, 32)).shape == (32, 32)
     assert model.training  # predictions leave the mode as it was
 
+    state = torch.random.get_rng_state()
+    first, second = (protoseg.create_model("linear", num_classes=3, seed=4) for _ in range(2))
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded, without touching the global RNG
+    torch.testing.assert_close(first.state_dict(), second.state_dict())
     for name in protoseg.list_methods():
         built = protoseg.create_model(name, num_classes=3, has_background=True)
         assert built.method_name == name

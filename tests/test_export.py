@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,35 @@ def test_model_export_from_the_api(tmp_path):
     assert check["max_abs_diff"] <= TOLERANCE and check["labels_equal"]
     props = {prop.key: json.loads(prop.value) for prop in onnx.load(str(result.path)).metadata_props}
     assert props["class_names"] == model.class_names and props["method"] == "contrast"
+
+
+class _SamePadding(torch.nn.Module):
+    """A CAM 'network' that pads with ``math.ceil`` of its input size, as timm's "same" padding
+    (tf_efficientnet_lite0, the README's backbone) does."""
+
+    num_classes = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, stride=4)
+
+    def cams(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        pad_h = max((math.ceil(height / 4) - 1) * 4 + 3 - height, 0)
+        pad_w = max((math.ceil(width / 4) - 1) * 4 + 3 - width, 0)
+        padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        return self.conv(torch.nn.functional.pad(images, padding))
+
+
+def test_size_dependent_padding_onnx_stays_dynamic_torch_export_falls_back_and_says_why(tmp_path):
+    network = _SamePadding().eval()
+    example = torch.randn(2, 3, 30, 30)
+    onnx_result = export_model(network, tmp_path / "same.onnx", example)
+    assert onnx_result.input_shape == ["batch", 3, "height", "width"] and not onnx_result.notes
+    check = compare_onnx(onnx_result.path, network, torch.randn(3, 3, 45, 37))
+    assert check["max_abs_diff"] <= TOLERANCE and check["shape"] == [3, 2, 12, 10]
+    program = export_model(network, tmp_path / "same.pt2", example, "torch_export")
+    assert program.input_shape == [2, 3, 30, 30]
+    (note,) = program.notes
+    assert note.startswith("exported for the example's sizes: dynamic sizes failed (SerializeError")
+    assert compare_exported(program.path, "torch_export", network, example)["max_abs_diff"] == 0

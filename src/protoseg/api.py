@@ -157,23 +157,24 @@ class Model(nn.Module):
             "a numpy (H, W, 3) / (B, H, W, 3) array, a normalised (3, H, W) / (B, 3, H, W) tensor, a list)"
         )
 
-    def _batches(self, inputs: Any) -> tuple[list[torch.Tensor], str]:
-        """The normalised ``(B, 3, H, W)`` tensors of ``inputs`` and how to shape the results: ``one``
-        (unbatched), ``batch`` (batched) or ``many`` (a list of unbatched results)."""
+    def _batches(self, inputs: Any) -> tuple[Iterator[torch.Tensor], str]:
+        """The normalised ``(B, 3, H, W)`` tensors of ``inputs``, read one at a time as they are used, and
+        how to shape the results: ``one`` (unbatched), ``batch`` (batched) or ``many`` (a list)."""
         if isinstance(inputs, (list, tuple)):
-            images = []
-            for item in inputs:
-                tensors, kind = self._batches(item)
-                if kind == BATCH:
-                    raise ValueError("a list of inputs holds single images (or folders), not batches")
-                images += tensors
-            return images, MANY
+            return self._each(inputs), MANY
         if isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
-            return [self.preprocess(path) for path in collect_images([inputs])], MANY
+            return (self.preprocess(path) for path in collect_images([inputs])), MANY
         batched = (isinstance(inputs, torch.Tensor) and inputs.dim() == 4) or (
             isinstance(inputs, np.ndarray) and inputs.ndim == 4
         )
-        return [self.preprocess(inputs)], BATCH if batched else ONE
+        return iter([self.preprocess(inputs)]), BATCH if batched else ONE
+
+    def _each(self, inputs: Sequence[Any]) -> Iterator[torch.Tensor]:
+        for item in inputs:
+            tensors, kind = self._batches(item)
+            if kind == BATCH:
+                raise ValueError("a list of inputs holds single images (or folders), not batches")
+            yield from tensors
 
     @staticmethod
     def _shape(results: list[Any], kind: str) -> Any:
@@ -451,8 +452,9 @@ def create_model(
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"create_model: {len(class_names)} class_names for num_classes={num_classes}")
     names = list(class_names) if class_names else [f"class_{index}" for index in range(num_classes)]
-    torch.manual_seed(seed)
-    built = build_method(cfg.model, DatasetInfo(num_classes, has_background), seed)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, the caller's RNG state untouched
+        torch.manual_seed(seed)
+        built = build_method(cfg.model, DatasetInfo(num_classes, has_background), seed)
     model = Model(built, cfg, names, voc_palette(num_classes), has_background=has_background)
     return model.to(resolve_device(device))
 

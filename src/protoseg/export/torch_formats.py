@@ -60,27 +60,43 @@ def export_torchscript(network: nn.Module, path: str | Path, example: torch.Tens
     )
 
 
-def export_program(
-    network: nn.Module, path: str | Path, example: torch.Tensor, dynamic: bool = True
-) -> ExportResult:
-    """``torch.export`` ``network``'s inference graph on ``example`` and save the program to ``path``."""
-    graph = inference_graph(network)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _export_and_save(graph: nn.Module, path: Path, example: torch.Tensor, dynamic: bool):
     dims = torch.export.Dim
     flexible = getattr(dims, "DYNAMIC", None) or getattr(dims, "AUTO", None)
     shapes = None
     if dynamic:
         shapes = {INPUT_NAME: {axis: flexible or dims(name) for axis, name in DYNAMIC_AXES.items()}}
+    with torch.no_grad():
+        program = torch.export.export(graph, (example,), dynamic_shapes=shapes, strict=False)
+    torch.export.save(program, str(path))
+    return program
+
+
+def export_program(
+    network: nn.Module, path: str | Path, example: torch.Tensor, dynamic: bool = True
+) -> ExportResult:
+    """``torch.export`` ``network``'s inference graph on ``example`` and save the program to ``path``.
+
+    With ``dynamic``, a program whose dynamic sizes cannot be exported or saved (e.g. timm's "same"
+    padding computes ``math.ceil`` of the size, which ``torch.export.save`` cannot serialise) is
+    exported for the example's sizes instead, and the result's ``notes`` say why.
+    """
+    graph = inference_graph(network)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    notes = []
     start = time.perf_counter()
     try:
-        with torch.no_grad():
-            program = torch.export.export(graph, (example,), dynamic_shapes=shapes, strict=False)
-        torch.export.save(program, str(path))
+        try:
+            program = _export_and_save(graph, path, example, dynamic)
+        except Exception as error:
+            if not dynamic:
+                raise
+            program = _export_and_save(graph, path, example, False)
+            notes.append(f"exported for the example's sizes: dynamic sizes failed ({failure_reason(error)})")
     except Exception as error:
         raise ExportError(
             f"torch.export of {type(graph.network).__name__} failed: {failure_reason(error)}"
-            + ("; try dynamic=False (--static)" if dynamic else "")
         ) from error
     placeholder = next(
         node for node in program.graph.nodes if node.op == "placeholder" and node.name == INPUT_NAME
@@ -98,4 +114,5 @@ def export_program(
         input_shape=input_shape,
         output_shape=_output_shape(graph, example, input_shape),
         seconds=time.perf_counter() - start,
+        notes=notes,
     )
