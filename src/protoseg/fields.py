@@ -112,3 +112,23 @@ def check_value(value: Any, limits: dict[str, Any]) -> str | None:
 def field_limits(field: dataclasses.Field) -> dict[str, Any]:
     """The limits recorded on a dataclass field by :func:`setting` (empty for a plain field)."""
     return {key: field.metadata[key] for key in _LIMITS if key in field.metadata}
+
+
+def argument(kind: type, **limits: Any) -> Any:
+    """An ``argparse`` ``type`` that converts a command-line value to ``kind`` and checks the limits of
+    :func:`setting` (``minimum``, ``less_than``, ...): ``--threshold 1.5`` fails at parse time with
+    ``argument --threshold: must be in [0.0, 1.0), got 1.5``."""
+    import argparse
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        problem = check_value(value, limits)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert

@@ -176,7 +176,16 @@ def data_table(data: dict[str, Any]) -> str:
 
 
 def targets_table(targets: list[dict[str, Any]]) -> str:
-    rows = [[check["target"], check["measured"], check["limit"], check["met"]] for check in targets]
+    """The targets with PASS / FAIL; those not applicable (``--quick``) say so instead of a verdict."""
+    rows = [
+        [
+            check["target"],
+            check["measured"],
+            check["limit"],
+            check["met"] if check.get("applicable", True) else "n/a at --quick toy sizes",
+        ]
+        for check in targets
+    ]
     return "Targets (reported, not enforced):\n\n" + markdown_table(
         ["target", "measured", "limit", "result"], rows
     )

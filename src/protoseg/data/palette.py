@@ -98,6 +98,21 @@ def voc_palette(num_classes: int = 256) -> list[list[int]]:
     return palette
 
 
+def read_png_palette(path: str | os.PathLike, count: int) -> list[list[int]] | None:
+    """The first ``count`` colours of a palette ('P' mode) PNG, or None when the file is missing,
+    unreadable or not a palette image (only the header is read)."""
+    try:
+        with Image.open(path) as image:
+            if image.mode != "P":
+                return None
+            flat = image.getpalette() or []
+    except Exception:  # noqa: BLE001 - any unreadable file means "no palette to take"
+        return None
+    if len(flat) < 3 * count:
+        return None
+    return [list(flat[3 * index : 3 * index + 3]) for index in range(count)]
+
+
 def full_palette(palette: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
     """``(256, 3)`` uint8 colour table: the classes' colours, black after them, :data:`IGNORE_COLOUR`
     at 255 (unless the given palette defines entry 255 itself)."""

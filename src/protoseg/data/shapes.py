@@ -27,20 +27,28 @@ from __future__ import annotations
 import colorsys
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..files import atomic_write
-from .palette import save_label_png, voc_palette
+from ..files import atomic_write, atomic_write_text
+from .palette import save_label_png
 from .tags import save_cls_labels, tags_from_mask
 
 SHAPES_CLASS_NAMES: tuple[str, ...] = (
     "background", "disc", "square", "triangle", "star", "ring", "cross", "hexagon", "crescent",
     "heart", "arrow",
 )  # fmt: skip
-SHAPES_PALETTE: list[list[int]] = voc_palette(len(SHAPES_CLASS_NAMES))
+SHAPES_PALETTE: list[list[int]] = [
+    [0, 0, 0],  # background
+    [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+    [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [128, 128, 0],
+]  # fmt: skip
+"""Black background and ten colours that stand apart from it (luminance > 60), from each other (RGB
+distance > 100) and from the ignore colour; the mask PNGs carry it, and the VOC loader reads a dataset's
+palette from its masks, so predictions and pictures use it too."""
 APPEARANCE_MODES: tuple[str, ...] = ("filled", "outlined", "striped", "dotted")
 # Each foreground class leaves out one appearance mode (rotating), so every class has 3 modes.
 SHAPES_CLASS_MODES: dict[str, tuple[str, ...]] = {
@@ -310,13 +318,15 @@ def generate_shapes(
     num_val: int = 250,
     seed: int = 0,
     boundary_ignore: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Write the shapes benchmark to ``out_dir`` in Pascal VOC layout (see the module docstring).
 
     Image ``i`` of split ``s`` is drawn from ``np.random.default_rng([seed, split_code(s), i])``, so
     the same seed gives byte-identical files and the splits never share an image. Returns a
     summary: counts, class names, seconds, objects-per-image histogram, images per class and
-    objects per (class, mode).
+    objects per (class, mode). Every file is written atomically. ``progress(done, total)`` is called
+    after each image.
     """
     if size < 32:
         raise ValueError(f"shapes: size must be >= 32, got {size}")
@@ -332,6 +342,7 @@ def generate_shapes(
     objects_per_image = {count: 0 for count in range(1, 5)}
     images_per_class = dict.fromkeys(SHAPES_CLASS_NAMES[1:], 0)
     objects_per_mode = {name: dict.fromkeys(modes, 0) for name, modes in SHAPES_CLASS_MODES.items()}
+    done, total = 0, num_train + num_val
     for split, count in (("train", num_train), ("val", num_val)):
         names = []
         for index in range(count):
@@ -353,15 +364,22 @@ def generate_shapes(
                 images_per_class[class_name] += int(present)
             for item in info["objects"]:
                 objects_per_mode[item["class"]][item["mode"]] += 1
-        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        atomic_write_text(
+            root / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{n}\n" for n in names)
+        )
     split_lists = [(root / "ImageSets" / "Segmentation" / f"{s}.txt").read_text() for s in ("train", "val")]
-    (root / "ImageSets" / "Segmentation" / "trainval.txt").write_text("".join(split_lists))
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in SHAPES_CLASS_NAMES))
+    atomic_write_text(root / "ImageSets" / "Segmentation" / "trainval.txt", "".join(split_lists))
+    atomic_write_text(root / "classes.txt", "".join(f"{name}\n" for name in SHAPES_CLASS_NAMES))
     save_cls_labels(root / "cls_labels.npy", cls_labels)
     settings = {"size": size, "num_train": num_train, "num_val": num_val, "seed": seed,
                 "boundary_ignore": boundary_ignore, "class_names": list(SHAPES_CLASS_NAMES),
                 "class_modes": {name: list(modes) for name, modes in SHAPES_CLASS_MODES.items()}}  # fmt: skip
-    (root / "shapes_meta.json").write_text(json.dumps({"settings": settings, "images": metadata}, indent=1))
+    atomic_write_text(
+        root / "shapes_meta.json", json.dumps({"settings": settings, "images": metadata}, indent=1)
+    )
     return {
         "root": str(root),
         **settings,

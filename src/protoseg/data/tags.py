@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write
+
 
 def load_cls_labels(path: str | Path) -> dict[str, np.ndarray]:
     """Read a ``cls_labels.npy`` dict: image id -> float32 multi-hot array."""
@@ -33,10 +35,9 @@ def load_cls_labels(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def save_cls_labels(path: str | Path, labels: Mapping[str, np.ndarray]) -> None:
-    """Write ``labels`` as a ``cls_labels.npy`` dict (exactly at ``path``; no suffix is added)."""
+    """Write ``labels`` as a ``cls_labels.npy`` dict (exactly at ``path``, atomically; no suffix is added)."""
     table = {str(name): np.asarray(tags, dtype=np.float32) for name, tags in labels.items()}
-    with open(path, "wb") as handle:
-        np.save(handle, table, allow_pickle=True)
+    atomic_write(path, lambda handle: np.save(handle, table, allow_pickle=True))
 
 
 def tags_from_mask(mask: np.ndarray, num_classes: int, has_background: bool) -> np.ndarray:

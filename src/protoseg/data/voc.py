@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .base import SegmentationDataset, read_class_names, read_list_file, require_directory
-from .palette import VOC_CLASS_NAMES, voc_palette
+from .palette import VOC_CLASS_NAMES, read_png_palette, voc_palette
 
 
 def _find_list(root: Path, file_name: str) -> Path:
@@ -56,6 +56,10 @@ class VOCDataset(SegmentationDataset):
                 f"names {len(class_names)} classes"
             )
         mask_dir = root / ("SegmentationClassAug" if augmented else "SegmentationClass")
+        # the colours of the dataset's own palette masks (VOC's, or those make-data wrote), else VOC's
+        palette = read_png_palette(mask_dir / f"{names[0]}.png", len(class_names)) or voc_palette(
+            len(class_names)
+        )
         self.split = split
         super().__init__(
             root=root,
@@ -63,7 +67,7 @@ class VOCDataset(SegmentationDataset):
             image_paths=[root / "JPEGImages" / f"{name}.jpg" for name in names],
             mask_paths=[mask_dir / f"{name}.png" for name in names],
             class_names=class_names,
-            palette=voc_palette(len(class_names)),
+            palette=palette,
             has_background=True,
             transforms=transforms,
             label_dir=label_dir,

@@ -1,8 +1,16 @@
-"""Process-group set-up for ``torchrun`` (DDP on GPUs with NCCL, on CPU with gloo)."""
+"""Process-group set-up for ``torchrun`` (DDP on GPUs with NCCL, on CPU with gloo).
+
+Faults: a rank launched by torchrun ends when torchrun ends (also by ``kill -9``: the rank gets
+SIGTERM), and a rank that fails never waits for its peers (``protoseg.cli`` exits it at once, which
+breaks its peers' collectives, so they fail too instead of hanging).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -31,12 +39,63 @@ def init_distributed(device_type: str) -> DistributedContext:
         return DistributedContext()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        exit_with_parent()
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(signal_number: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send this process ``signal_number`` when its parent (torchrun) ends, so that killing
+    torchrun never leaves orphaned ranks. Returns False where this is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal_number), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if parent == 1 or os.getppid() != parent:  # the parent ended before the request took effect
+        os.kill(os.getpid(), signal_number)
+    return True
+
+
+_CONTROL_GROUP = None
+
+
+def _control_group():
+    """A gloo process group for small CPU messages (the stop flag), whatever the training backend."""
+    global _CONTROL_GROUP
+    if _CONTROL_GROUP is None:
+        _CONTROL_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return _CONTROL_GROUP
+
+
+def any_rank(flag: bool, context: DistributedContext) -> bool:
+    """True on every rank when ``flag`` is True on any rank (a CPU all-reduce; no device sync)."""
+    if not context.enabled:
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_control_group())
+    return bool(value.item())
+
+
+def broadcast_error(message: str | None, context: DistributedContext) -> str | None:
+    """Rank 0's ``message`` (an error found on rank 0 only, or None) on every rank."""
+    if not context.enabled:
+        return message
+    box = [message]
+    dist.broadcast_object_list(box, src=0, group=_control_group())
+    return box[0]
 
 
 def barrier(context: DistributedContext) -> None:
@@ -66,9 +125,11 @@ def close_process_group() -> None:
     """Tear the default process group down on all ranks together: a barrier, then
     ``destroy_process_group``. Without the barrier, a gloo rank whose peer had already torn down
     could hang in ``destroy_process_group`` (torch 2.4.1: 2 of 6 two-rank test runs)."""
+    global _CONTROL_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    _CONTROL_GROUP = None
 
 
 def cleanup(context: DistributedContext) -> None:

@@ -20,6 +20,7 @@ from ..ops.distributed import all_reduce_sum_
 from ..ops.inference import InferenceSettings
 from ..ops.metrics import confusion_matrix, segmentation_metrics
 from .distributed import DistributedContext
+from .interrupt import ignore_interrupts_in_worker
 
 
 def validation_settings(cfg: Any) -> ValidationSettings:
@@ -32,7 +33,13 @@ def validation_settings(cfg: Any) -> ValidationSettings:
 
 def _shard_loader(dataset, context: DistributedContext, num_workers: int) -> DataLoader:
     indices = list(ShardedEvalIndices(len(dataset), context.rank, context.world_size))
-    return DataLoader(Subset(dataset, indices), batch_size=1, shuffle=False, num_workers=num_workers)
+    return DataLoader(
+        Subset(dataset, indices),
+        batch_size=1,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=ignore_interrupts_in_worker if num_workers > 0 else None,
+    )
 
 
 def unwrap(module: nn.Module) -> nn.Module:

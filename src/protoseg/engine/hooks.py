@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm import tqdm
 
+from .distributed import any_rank
+
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
 
@@ -171,19 +173,44 @@ class Checkpointer(HookBase):
 
 class Validator(HookBase):
     """Validate every ``interval`` iterations and at the end of the schedule (after the checkpoint); log
-    the metrics; keep the best model as ``best.pt``."""
+    the metrics; keep the best model as ``best.pt``. A resumed run first makes up a validation that was
+    due at its checkpoint's iteration but did not finish (the process ended during it)."""
 
     def __init__(self, interval: int, logger: MetricsLogger) -> None:
         self.interval = interval
         self.logger = logger
+        self.checked_pending = False
+
+    def due(self, iteration: int) -> bool:
+        return (
+            self.interval > 0 and iteration % self.interval == 0
+        ) or iteration == self.trainer.max_iterations
+
+    def before_train(self) -> None:
+        trainer = self.trainer
+        if self.checked_pending or not getattr(trainer, "resumed", False):
+            return
+        self.checked_pending = True
+        iteration = trainer.iteration
+        pending = (
+            trainer.context.is_main
+            and iteration > 0
+            and self.due(iteration)
+            and not any(
+                record.get("split") == "val" and record["iteration"] == iteration
+                for record in trainer.run.metric_records()
+            )
+        )
+        if any_rank(pending, trainer.context):
+            self.validate()
 
     def after_step(self) -> None:
+        if self.due(self.trainer.iteration):
+            self.validate()
+
+    def validate(self) -> None:
         trainer = self.trainer
         iteration = trainer.iteration
-        if not (
-            (self.interval > 0 and iteration % self.interval == 0) or iteration == trainer.max_iterations
-        ):
-            return
         metrics = trainer.validate()
         trainer.last_metrics = metrics
         self.logger.log(

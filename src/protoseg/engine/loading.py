@@ -55,11 +55,12 @@ def load_trained_method(
     """(method in eval mode on ``device``, its config, dataset metadata) from a checkpoint.
 
     ``cfg`` overrides the config stored in the checkpoint (e.g. other eval settings); the model
-    architecture must still match the checkpoint's weights.
+    architecture must still match the checkpoint's weights. The metadata also holds the checkpoint's
+    training ``iteration``.
     """
     state = load_checkpoint(checkpoint)
     cfg = cfg or config_from_dict(state["config"], source=f"the config in {checkpoint}")
-    meta = state["dataset"]
+    meta = {**state["dataset"], "iteration": state.get("iteration")}
     # never reach for hub weights when the trained weights are about to replace them
     cfg.model.backbone.pretrained = False
     method = build_method(cfg.model, DatasetInfo.of(meta), cfg.train.seed)

@@ -8,28 +8,35 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.palette import colour_labels, save_label_png
+from ..files import OutputPlan, atomic_write, refuse_input_folder
 from ..ops.inference import InferenceSettings, predict_probabilities
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly, or found (sorted) inside the named folders."""
+    """Image files named directly, or found (sorted) inside the named folders; a file named twice (also
+    directly and through its folder) counts once."""
     files: list[Path] = []
+    seen: set[Path] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-            files.extend(found)
         elif path.is_file():
-            files.append(path)
+            found = [path]
         else:
             raise FileNotFoundError(f"input image or folder not found: {path}")
+        for file in found:
+            if file.resolve() not in seen:
+                seen.add(file.resolve())
+                files.append(file)
     return files
 
 
@@ -54,6 +61,25 @@ def load_image_tensor(
     return image, array[None]
 
 
+def plan_outputs(
+    images: list[Path], out_dir: Path, inputs: Iterable[str | Path] = ()
+) -> list[tuple[Path, Path, Path]]:
+    """``(image, mask path, overlay path)`` per image, checked before anything is written: the outputs
+    never replace an input (the images, ``inputs`` such as the checkpoint), ``out_dir`` is not a
+    folder of input images, and no two images share an output (same stem from two folders or with two
+    suffixes). ``ValueError`` naming the files otherwise."""
+    refuse_input_folder(out_dir, {path.parent for path in images})
+    plan = OutputPlan(inputs=[*images, *inputs], what="prediction")
+    return [
+        (
+            path,
+            plan.claim(out_dir / f"{path.stem}.png", source=path),
+            plan.claim(out_dir / f"{path.stem}_overlay.jpg", source=path),
+        )
+        for path in images
+    ]
+
+
 @torch.no_grad()
 def predict_files(
     model: torch.nn.Module,
@@ -62,17 +88,25 @@ def predict_files(
     images: list[Path],
     out_dir: Path,
     device: torch.device,
+    inputs: Iterable[str | Path] = (),
+    progress: bool = False,
 ) -> list[Path]:
-    """Write ``<stem>.png`` (palette PNG, input size) and ``<stem>_overlay.jpg`` for each image."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``<stem>.png`` (palette PNG, input size) and ``<stem>_overlay.jpg`` for each image, each
+    file atomically (a crash or a full disk leaves no partial file). The outputs are checked first
+    (:func:`plan_outputs`); ``inputs`` are further files that must not be overwritten."""
+    planned = plan_outputs(images, out_dir, inputs)
     settings = InferenceSettings.from_config(cfg.eval, cfg.data.crop_size)
     written = []
-    for path in images:
+    for path, mask_path, overlay_path in tqdm(
+        planned, desc="predict", disable=not progress, dynamic_ncols=True
+    ):
         image, tensor = load_image_tensor(path, cfg.data.mean, cfg.data.std)
         probabilities = predict_probabilities(model.predict, tensor.to(device), meta["num_classes"], settings)
         labels = probabilities.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        mask_path = out_dir / f"{path.stem}.png"
         save_label_png(mask_path, labels, meta["palette"])
-        overlay(image, labels, meta["palette"]).save(out_dir / f"{path.stem}_overlay.jpg", quality=92)
+        blended = overlay(image, labels, meta["palette"])
+        atomic_write(
+            overlay_path, lambda file, picture=blended: picture.save(file, format="JPEG", quality=92)
+        )
         written.append(mask_path)
     return written

@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ..files import atomic_write
+
 DPI = 100
 
 
@@ -32,11 +34,9 @@ def figure_pixels(width_inches: float, height_inches: float) -> tuple[int, int]:
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write ``figure`` as a PNG at ``path`` (parent folders created) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=DPI)
-    return path
+    """Write ``figure`` as a PNG at ``path`` (parent folders created; atomically, so a crash or a full
+    disk leaves no partial picture) and return the path."""
+    return atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=DPI))
 
 
 def palette_colour(palette: Sequence[Sequence[int]], index: int) -> tuple[float, float, float]:

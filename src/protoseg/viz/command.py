@@ -8,25 +8,58 @@ predictions  image | ground truth | prediction | error map
 curves       training curves from metrics.jsonl, per-class IoU bars from an eval JSON
 
 PNGs go to ``RUN_DIR/viz/`` (``CAM_DIR/viz/`` for cams) or ``--out DIR``; their paths are printed.
+Each is written atomically; a picture never replaces one of the command's inputs, and two pictures
+never share a file name (:class:`protoseg.files.OutputPlan`).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..fields import argument
+from ..files import OutputPlan
+
 
 def _out_dir(args: argparse.Namespace, base: str) -> Path:
     return Path(args.out) if args.out else Path(base) / "viz"
 
 
-def _save(figure, path: Path) -> Path:
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal and without ``--no-progress``."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def _plan(args: argparse.Namespace, inputs=()) -> OutputPlan:
+    """The command's output plan: its pictures may not replace ``inputs`` nor each other."""
+    plan = OutputPlan(inputs, what="picture")
+    args.output_plan = plan
+    return plan
+
+
+def _run_inputs(trained) -> list[Path]:
+    """What a picture of a trained run reads: its checkpoint, config, log and the split's files."""
+    run_dir = Path(trained.run_dir)
+    return [
+        trained.checkpoint,
+        run_dir / "config.yaml",
+        run_dir / "metrics.jsonl",
+        *trained.dataset.image_paths,
+        *trained.dataset.mask_paths,
+    ]
+
+
+def _save(figure, path: Path, args: argparse.Namespace | None = None) -> Path:
     from .canvas import save_figure
 
+    plan = getattr(args, "output_plan", None) if args is not None else None
+    if plan is not None:
+        plan.claim(path)
     return save_figure(figure, path)
 
 
@@ -57,6 +90,7 @@ def run_similarity(args: argparse.Namespace) -> int:
     from .similarity import draw_similarity, similarity_maps
 
     trained = _open(args)
+    _plan(args, _run_inputs(trained))
     head = prototype_head(trained.model, args.run_dir, "similarity")
     classes = parse_classes(args.classes, trained.class_names)
     written = []
@@ -71,7 +105,7 @@ def run_similarity(args: argparse.Namespace) -> int:
             sample["rgb"], sample["mask"], maps, shown, trained.class_names, sample["name"]
         )
         written.append(
-            _save(figure, _out_dir(args, args.run_dir) / f"similarity_{_stem(sample['name'])}.png")
+            _save(figure, _out_dir(args, args.run_dir) / f"similarity_{_stem(sample['name'])}.png", args)
         )
     return _emit(written)
 
@@ -81,6 +115,7 @@ def run_exemplars(args: argparse.Namespace) -> int:
     from .run_data import parse_classes, prototype_head
 
     trained = _open(args)
+    _plan(args, _run_inputs(trained))
     head = prototype_head(trained.model, args.run_dir, "exemplars")
     classes = parse_classes(args.classes, trained.class_names) or list(range(trained.num_classes))
     exemplars = find_exemplars(
@@ -90,7 +125,7 @@ def run_exemplars(args: argparse.Namespace) -> int:
         top=args.top,
         patch=args.patch,
         max_images=args.max_images,
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
     crops, centre_labels = crop_exemplars(trained.dataset, exemplars)
     written = []
@@ -98,7 +133,7 @@ def run_exemplars(args: argparse.Namespace) -> int:
         figure = draw_exemplars(exemplars, crops, centre_labels, class_index, trained.class_names, args.split)
         name = _stem(trained.class_names[class_index])
         written.append(
-            _save(figure, _out_dir(args, args.run_dir) / f"exemplars_{class_index:02d}_{name}.png")
+            _save(figure, _out_dir(args, args.run_dir) / f"exemplars_{class_index:02d}_{name}.png", args)
         )
     return _emit(written)
 
@@ -110,6 +145,7 @@ def run_embeddings(args: argparse.Namespace) -> int:
     from .run_data import prototype_head
 
     trained = _open(args)
+    _plan(args, _run_inputs(trained))
     try:
         head: ProtoSegHead | None = prototype_head(trained.model, args.run_dir, "embeddings")
     except ValueError:
@@ -125,7 +161,7 @@ def run_embeddings(args: argparse.Namespace) -> int:
         head=head,
         max_images=args.max_images,
         generator=torch.Generator().manual_seed(args.seed),
-        progress=not args.no_progress,
+        progress=_progress(args),
     )
     projection = project_2d(sample.embeddings, sample.prototypes, method=args.method, seed=args.seed)
     prototypes = "" if sample.prototypes is None else f", stars: the {sample.prototypes.shape[0]} prototypes"
@@ -135,7 +171,7 @@ def run_embeddings(args: argparse.Namespace) -> int:
     )
     figure = draw_embeddings(sample, projection, trained.class_names, trained.palette, title)
     path = _out_dir(args, args.run_dir) / f"embeddings_{_stem(args.split)}_{args.method}.png"
-    return _emit([_save(figure, path)])
+    return _emit([_save(figure, path, args)])
 
 
 def run_cams(args: argparse.Namespace) -> int:
@@ -147,6 +183,8 @@ def run_cams(args: argparse.Namespace) -> int:
     if args.pseudo and not Path(args.pseudo).is_dir():
         raise FileNotFoundError(f"pseudo-label folder not found: {args.pseudo}")
     dataset = build_dataset(args.dataset, args.data, args.split)
+    pseudo_files = list(Path(args.pseudo).glob("*.png")) if args.pseudo else []
+    _plan(args, [*dataset.image_paths, *dataset.mask_paths, *Path(args.cam_dir).glob("*.npz"), *pseudo_files])
     index_by_name = {name: index for index, name in enumerate(dataset.names)}
     if args.names:
         chosen = [name.strip() for name in args.names.split(",") if name.strip()]
@@ -184,7 +222,7 @@ def run_cams(args: argparse.Namespace) -> int:
             if pseudo.shape != truth.shape:
                 raise ValueError(f"pseudo label of '{name}' is {pseudo.shape}, its image {truth.shape}")
         figure = draw_cams(rgb, record, cam_classes, name, truth, pseudo, class_names, dataset.palette)
-        written.append(_save(figure, _out_dir(args, args.cam_dir) / f"cam_{_stem(name)}.png"))
+        written.append(_save(figure, _out_dir(args, args.cam_dir) / f"cam_{_stem(name)}.png", args))
     return _emit(written)
 
 
@@ -193,6 +231,7 @@ def run_predictions(args: argparse.Namespace) -> int:
     from .run_data import load_sample, select_images
 
     trained = _open(args)
+    _plan(args, _run_inputs(trained))
     written = []
     for index in select_images(trained.dataset, args.images, args.names):
         sample = load_sample(trained.dataset, index)
@@ -201,7 +240,7 @@ def run_predictions(args: argparse.Namespace) -> int:
             sample["rgb"], sample["mask"], prediction, trained.class_names, trained.palette, sample["name"]
         )
         written.append(
-            _save(figure, _out_dir(args, args.run_dir) / f"prediction_{_stem(sample['name'])}.png")
+            _save(figure, _out_dir(args, args.run_dir) / f"prediction_{_stem(sample['name'])}.png", args)
         )
     return _emit(written)
 
@@ -213,17 +252,21 @@ def run_curves(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
     out_dir = _out_dir(args, args.run_dir)
+    _plan(
+        args,
+        [run_dir / "metrics.jsonl", run_dir / "config.yaml", *([args.eval_json] if args.eval_json else [])],
+    )
     records = read_metrics_log(run_dir / "metrics.jsonl")
-    written = [_save(draw_curves(records, f"training curves: {run_dir}"), out_dir / "curves.png")]
+    written = [_save(draw_curves(records, f"training curves: {run_dir}"), out_dir / "curves.png", args)]
     if args.eval_json:
         metrics = read_eval_json(args.eval_json)
-        written.append(_save(draw_per_class_iou(metrics), out_dir / "per_class_iou.png"))
+        written.append(_save(draw_per_class_iou(metrics), out_dir / "per_class_iou.png", args))
     return _emit(written)
 
 
 # -- parser -----------------------------------------------------------------------------------------
 def _run_options(parser: argparse.ArgumentParser, split: str = "val") -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder")
     parser.add_argument("--checkpoint", help="default: RUN_DIR/checkpoints/best.pt, else last.pt")
     parser.add_argument("--split", default=split, help=f"dataset split (default: {split})")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
@@ -235,9 +278,15 @@ def _run_options(parser: argparse.ArgumentParser, split: str = "val") -> None:
 
 def _image_options(parser: argparse.ArgumentParser, default_count: int = 4) -> None:
     parser.add_argument(
-        "--images", type=int, default=default_count, help=f"first N images (default {default_count})"
+        "--images",
+        type=argument(int, minimum=1),
+        default=default_count,
+        help=f"first N images (default {default_count})",
     )
     parser.add_argument("--names", help="comma-separated image ids instead of --images")
+
+
+NO_PROGRESS_HELP = "no progress bars (they are only drawn on a terminal anyway)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -264,42 +313,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _run_options(p)
     _image_options(p)
     p.add_argument("--classes", help="comma-separated class names or indices (default: those in each image)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = parsers["exemplars"]
     _run_options(p)
-    p.add_argument("--top", type=int, default=8, help="patches per prototype (default 8)")
-    p.add_argument("--patch", type=int, default=32, help="patch side in image pixels (default 32)")
+    p.add_argument(
+        "--top", type=argument(int, minimum=1), default=8, help="patches per prototype (default 8)"
+    )
+    p.add_argument(
+        "--patch", type=argument(int, minimum=1), default=32, help="patch side in image pixels (default 32)"
+    )
     p.add_argument("--classes", help="comma-separated classes to draw a grid for (default: all)")
-    p.add_argument("--max-images", type=int, help="search only the first N images of the split")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--max-images", type=argument(int, minimum=1), help="search only the first N images of the split"
+    )
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = parsers["embeddings"]
     _run_options(p)
     p.add_argument(
-        "--pixels", type=int, default=3000, help="pixels to sample, balanced over classes (default 3000)"
+        "--pixels",
+        type=argument(int, minimum=1),
+        default=3000,
+        help="pixels to sample, balanced over classes (default 3000)",
     )
     p.add_argument("--method", choices=("pca", "tsne"), default="pca", help="tsne needs scikit-learn")
-    p.add_argument("--max-images", type=int, help="sample from the first N images of the split only")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--max-images", type=argument(int, minimum=1), help="sample from the first N images of the split only"
+    )
+    p.add_argument("--seed", type=argument(int, minimum=0), default=0, help="seed of the pixel sampling")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = parsers["cams"]
     p.add_argument("cam_dir", metavar="CAM_DIR", help="the folder written by `protoseg cam`")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--dataset", default="voc", help="dataset format (default: voc)")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="the split the CAMs were computed for (default: train)")
     p.add_argument("--pseudo", help="pseudo-label folder (`protoseg pseudo-label --out`) to compare")
     _image_options(p)
     p.add_argument("--out", help="output folder (default: CAM_DIR/viz)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = parsers["predictions"]
     _run_options(p)
     _image_options(p)
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     p = parsers["curves"]
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a training run folder")
     p.add_argument("--eval-json", help="output of `protoseg eval --json` or `--out`: per-class IoU bars")
     p.add_argument("--out", help="output folder (default: RUN_DIR/viz)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from protoseg.files import atomic_write
 from protoseg.ops.labels import IGNORE_INDEX
 from protoseg.ops.metrics import (
     format_metrics_table,
@@ -26,6 +27,30 @@ from protoseg.ops.metrics import (
 from protoseg.wsss.cam_inference import cam_path, load_cam
 
 MaskLoader = Callable[[str], np.ndarray]
+
+
+class SweepEdgeWarning(UserWarning):
+    """The best threshold of a sweep is its first or last value: a better one may lie outside it."""
+
+
+def sweep_edge_warning(result: dict) -> str | None:
+    """A warning text when the best threshold of ``result`` (from :func:`evaluate_seeds`) lies at the
+    edge of the swept range (and the sweep has more than one value), else None."""
+    thresholds = result["thresholds"]
+    if len(thresholds) < 2:
+        return None
+    best = result["best_threshold"]
+    low, high = min(thresholds), max(thresholds)
+    if best == high:
+        side, direction = "highest", "above"
+    elif best == low and low > 0:  # nothing lies below a threshold of 0
+        side, direction = "lowest", "below"
+    else:
+        return None
+    return (
+        f"the best background threshold {best:g} is the {side} value of the sweep "
+        f"({low:g}..{high:g}); a better one may lie {direction} it: widen --thresholds"
+    )
 
 
 def _validated_thresholds(thresholds: Sequence[float], source: str) -> list[float]:
@@ -177,7 +202,4 @@ def plot_seed_curve(result: dict, path: str | os.PathLike) -> Path:
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return atomic_write(path, lambda file: figure.savefig(file, format="png"))
