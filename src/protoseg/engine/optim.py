@@ -6,6 +6,15 @@ import torch
 from torch import nn
 
 
+def find_backbone(model: nn.Module) -> nn.Module | None:
+    """``model.backbone``, else ``model.network.backbone`` (a method's network), else None."""
+    for owner in (model, getattr(model, "network", None)):
+        backbone = getattr(owner, "backbone", None)
+        if isinstance(backbone, nn.Module):
+            return backbone
+    return None
+
+
 def build_optimizer(
     model: nn.Module,
     name: str,
@@ -16,18 +25,30 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD or AdamW over the trainable parameters; the backbone's lr is ``lr * backbone_lr_mult``.
 
+    A model (a method) whose ``parameter_groups(lr, weight_decay)`` returns groups gets those instead
+    (the WSSS releases' 1x / 2x / 10x / 20x groups; ``backbone_lr_mult`` does not apply then); a group
+    may set its own ``weight_decay`` and SGD ``momentum``. The backbone is ``model.backbone`` or, for a
+    method, ``model.network.backbone`` (with ``backbone_lr_mult != 1`` only: otherwise one group holds
+    every parameter, the layout of the checkpoints written before).
+
     Only ``nn.Parameter`` objects are optimised: prototypes and memories are buffers and never
     reach the optimiser (nor its weight decay).
     """
-    backbone = getattr(model, "backbone", None)
-    backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-    backbone_params = [p for p in model.parameters() if p.requires_grad and id(p) in backbone_ids]
-    other_params = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
-    groups = [{"params": other_params, "lr": lr, "initial_lr": lr}]
-    if backbone_params:
-        groups.append(
-            {"params": backbone_params, "lr": lr * backbone_lr_mult, "initial_lr": lr * backbone_lr_mult}
-        )
+    custom = getattr(model, "parameter_groups", None)
+    groups = custom(lr, weight_decay) if callable(custom) else None
+    if groups is not None:
+        groups = [{**group, "initial_lr": group["lr"]} for group in groups]
+    else:
+        backbone = getattr(model, "backbone", None)
+        if backbone is None and backbone_lr_mult != 1.0:
+            backbone = getattr(getattr(model, "network", None), "backbone", None)
+        backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+        backbone_params = [p for p in model.parameters() if p.requires_grad and id(p) in backbone_ids]
+        other_params = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        groups = [{"params": other_params, "lr": lr, "initial_lr": lr}]
+        if backbone_params:
+            backbone_lr = lr * backbone_lr_mult
+            groups.append({"params": backbone_params, "lr": backbone_lr, "initial_lr": backbone_lr})
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
