@@ -1,6 +1,6 @@
 """A torchrun job of 2 gloo processes: a failing rank ends the whole job within seconds with its error (the
-file it could not read), killing torchrun ends its ranks, and the validation score it reports is the
-saved model's."""
+file it could not read), killing torchrun ends its ranks (after they saved the iteration they stopped
+at), and the validation score it reports is the saved model's."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from protoseg.data.shapes import generate_shapes
+from protoseg.engine.checkpoint import load_checkpoint
 from protoseg.engine.datasets import build_split_dataset
 from protoseg.engine.evaluator import evaluate, validation_settings
 from protoseg.engine.loading import load_trained_method
@@ -142,6 +143,9 @@ def test_killing_torchrun_ends_its_ranks(shapes_root, tmp_path):
         assert wait_until_gone(run_dir, 60) == []
     finally:
         kill_all(run_dir)
+    # the ranks got SIGTERM, agreed on the iteration to stop at and saved it
+    logged = [json.loads(line)["iteration"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == logged[-1]
 
 
 @pytest.mark.slow
