@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..ops.labels import IGNORE_INDEX
+from .saliency import read_saliency
 from .tags import load_tag_file, tags_from_mask
 from .transforms import build_transforms
 
@@ -134,6 +135,20 @@ class SegmentationDataset(Dataset):
             transforms = build_transforms(train=False)
         self.transforms = transforms
         self.tag_source, self.tag_table = self._load_tag_table(tag_file)
+        self.saliency_dir: Path | None = None
+
+    def attach_saliency(self, saliency_dir: str | Path) -> None:
+        """Add ``saliency`` ``(1, H, W)`` float32 in [0, 1] to every sample: ``saliency_dir/<name>.png``
+        (see :mod:`~protoseg.data.saliency`), transformed with the image. A missing or mis-sized map is
+        an error naming the file when the sample is loaded."""
+        self.saliency_dir = require_directory(Path(saliency_dir), "data.saliency_dir")
+
+    @property
+    def saliency_paths(self) -> list[Path]:
+        """The saliency map of each sample (empty without :meth:`attach_saliency`)."""
+        if self.saliency_dir is None:
+            return []
+        return [self.saliency_dir / f"{name}.png" for name in self.names]
 
     # ----------------------------------------------------------------------------- tags
     @property
@@ -228,12 +243,21 @@ class SegmentationDataset(Dataset):
         index, generator = self._resolve(item)
         image, mask = self.load_raw(index)
         tags = self.image_tags(index, mask)
-        image_tensor, mask_tensor = self.transforms(image, mask, generator)
+        sample = {}
+        if self.saliency_dir is not None:
+            path = self.saliency_dir / f"{self.names[index]}.png"
+            saliency = read_saliency(path, (image.height, image.width), self.image_paths[index])
+            image_tensor, mask_tensor, sample["saliency"] = self.transforms(
+                image, mask, generator, extra=torch.from_numpy(saliency)[None]
+            )
+        else:
+            image_tensor, mask_tensor = self.transforms(image, mask, generator)
         return {
             "image": image_tensor,
             "mask": mask_tensor,
             "tags": torch.from_numpy(np.array(tags, dtype=np.float32)),
             "name": self.names[index],
+            **sample,
         }
 
     def __repr__(self) -> str:

@@ -6,6 +6,11 @@ PIL image, a uint8 array (H, W, 3) or a float tensor (3, H, W) in [0, 1] (normal
 Random draws come from ``generator`` (a ``torch.Generator``; ``None`` uses the global torch RNG),
 so a sample's augmentation is a function of its seed alone. Images are resampled bilinearly,
 masks with exact nearest neighbour so both stay on the same pixel grid.
+
+:class:`Compose` also carries an optional extra float map ``(K, H, W)`` (EPS's saliency map) through the
+geometric transforms, resampled bilinearly like the image and padded with 0; the photometric ones
+(``photometric = True``: colour jitter, brightness shift, normalisation) leave it alone. The random
+draws are the same with or without it.
 """
 
 from __future__ import annotations
@@ -58,11 +63,30 @@ class Compose:
     def __init__(self, transforms: Sequence) -> None:
         self.transforms = list(transforms)
 
-    def __call__(self, image, mask=None, generator: torch.Generator | None = None):
+    def __call__(
+        self, image, mask=None, generator: torch.Generator | None = None, extra: Tensor | None = None
+    ):
+        """``(image, mask)``, or ``(image, mask, extra)`` when ``extra`` (float ``(K, H, W)`` at the
+        image's size) is given."""
         image, mask = to_image_tensor(image), to_mask_tensor(mask)
+        if extra is None:
+            for transform in self.transforms:
+                image, mask = transform(image, mask, generator)
+            return image, mask
+        extra = torch.as_tensor(extra, dtype=torch.float32)
+        if extra.dim() != 3 or extra.shape[-2:] != image.shape[-2:]:
+            raise ValueError(
+                f"the extra map must be (K, H, W) at the image's size {tuple(image.shape[-2:])}, "
+                f"got shape {tuple(extra.shape)}"
+            )
+        channels = image.shape[0]
         for transform in self.transforms:
-            image, mask = transform(image, mask, generator)
-        return image, mask
+            if getattr(transform, "photometric", False):
+                image, mask = transform(image, mask, generator)
+            else:  # resampled, flipped and cropped as extra channels of the image
+                stacked, mask = transform(torch.cat([image, extra]), mask, generator)
+                image, extra = stacked[:channels], stacked[channels:]
+        return image, mask, extra
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms})"
@@ -138,6 +162,8 @@ class RandomBrightnessShift:
     """Add one integer in ``[-shift, shift]`` to every channel of the 8-bit image (the release's
     ``random_brightness``: round, clip to [0, 255]). Acts on the [0, 1] image before ``Normalize``."""
 
+    photometric = True  # acts on the image only (Compose keeps extra maps out of it)
+
     def __init__(self, shift: int) -> None:
         if not 0 <= shift <= 255:
             raise ValueError(f"brightness shift must be in [0, 255], got {shift}")
@@ -176,6 +202,8 @@ class ColorJitter:
     Acts on the image only, which must still be in [0, 1] (before ``Normalize``).
     """
 
+    photometric = True  # acts on the image only (Compose keeps extra maps out of it)
+
     def __init__(self, strength: float) -> None:
         if not 0 <= strength < 1:
             raise ValueError(f"color_jitter strength must be in [0, 1), got {strength}")
@@ -199,6 +227,8 @@ class ColorJitter:
 class Normalize:
     """``(image - mean) / std`` per channel."""
 
+    photometric = True  # acts on the image only (Compose keeps extra maps out of it)
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"mean and std need 3 values, std > 0; got mean={mean}, std={std}")
@@ -217,7 +247,8 @@ class RandomCrop:
     """Crop ``(height, width)`` at a random offset, padding bottom / right first if smaller.
 
     The image is padded with ``image_fill`` (0: the mean colour when placed after ``Normalize``),
-    the mask with ``ignore_index``.
+    channels beyond the third (extra maps carried by :class:`Compose`) with 0, the mask with
+    ``ignore_index``.
     """
 
     def __init__(
@@ -235,7 +266,11 @@ class RandomCrop:
         height, width = image.shape[-2:]
         pad_bottom, pad_right = max(0, crop_height - height), max(0, crop_width - width)
         if pad_bottom or pad_right:
-            image = F.pad(image, (0, pad_right, 0, pad_bottom), value=self.image_fill)
+            padding = (0, pad_right, 0, pad_bottom)
+            padded = F.pad(image[:3], padding, value=self.image_fill)
+            if image.shape[0] > 3:  # extra maps (Compose's) are padded with 0
+                padded = torch.cat([padded, F.pad(image[3:], padding, value=0.0)])
+            image = padded
             if mask is not None:
                 mask = F.pad(mask, (0, pad_right, 0, pad_bottom), value=self.ignore_index)
             height, width = image.shape[-2:]

@@ -26,11 +26,12 @@ def data_transforms(data: DataConfig, train: bool):
 
 def build_split_dataset(data: DataConfig, split: str, train: bool = False):
     """The dataset of ``split``; ``train=True`` adds augmentation, ``data.label_dir`` masks (pseudo
-    labels) and ``data.train_list``. VOC's aug set is used for the training split when ``use_aug``."""
+    labels), ``data.train_list`` and the ``data.saliency_dir`` maps. VOC's aug set is used for the
+    training split when ``use_aug``."""
     options = {"tag_file": data.tag_file} if data.tag_file else {}
     if train:
         options.update(label_dir=data.label_dir, list_file=data.train_list)
-    return build_dataset(
+    dataset = build_dataset(
         data.name,
         data.root,
         split,
@@ -39,3 +40,6 @@ def build_split_dataset(data: DataConfig, split: str, train: bool = False):
         num_classes=data.num_classes,
         **options,
     )
+    if train and data.saliency_dir is not None:
+        dataset.attach_saliency(data.saliency_dir)
+    return dataset
