@@ -27,6 +27,7 @@ TINY = [
     "model.rca.num_prototypes=2",
     "model.rca.contrast_start_iter=0",
     "model.ppc.top_k=4",
+    "data.saliency_dir=unused",  # EPS's saliency maps (the batch below carries them)
 ]
 
 # Values a field cannot take alone (a default of None, values that need another field changed too)
@@ -34,13 +35,22 @@ SPECIAL_VALUES = {
     ("protoseg", "proj_dim"): 8,
     ("protoseg", "projection"): ("none", ["model.protoseg.proj_dim=null"]),
     ("ppc", "target_size"): 24,
+    ("ppc", "top_k_divisor"): 8,
 }
-# Fields that only act with another one set
+# Fields that only act with another one set: (section, field) for every method, or (method, section)
+# for every field of a section
 REQUIRES = {
     ("contrast", "memory_size"): ["model.contrast.use_memory=true"],
     ("contrast", "pixels_per_image"): ["model.contrast.use_memory=true"],
     ("contrast", "memory_temperature"): ["model.contrast.use_memory=true"],
+    # PPC reads the section of the base it is plugged into
+    ("ppc", "seam"): ["model.ppc.base=seam"],
+    ("ppc", "eps"): ["model.ppc.base=eps"],
 }
+
+
+def _requirements(method: str, section: str, name: str) -> list[str]:
+    return REQUIRES.get((section, name), []) + REQUIRES.get((method, section), [])
 
 
 def _fingerprint(value, depth: int = 0):
@@ -71,7 +81,8 @@ def _batch(method) -> dict:
     mask[:, :32] = 1
     mask[:, 32:, :32] = 2
     tags = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
-    return {"image": images, "mask": mask, "tags": tags}
+    saliency = torch.rand(2, 1, 64, 64, generator=generator)
+    return {"image": images, "mask": mask, "tags": tags, "saliency": saliency}
 
 
 def _outputs(method) -> dict:
@@ -133,7 +144,7 @@ def test_every_section_is_read_by_a_method():
 @pytest.mark.parametrize("method, section, name", CASES, ids=[f"{m}-{s}.{n}" for m, s, n in CASES])
 def test_changing_a_field_changes_the_method(method, section, name):
     field = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
-    base = [f"model.method={method}"] + REQUIRES.get((section, name), [])
+    base = [f"model.method={method}"] + _requirements(method, section, name)
     reference = _build(base)
     default = getattr(load_config(None, TINY + base).model, section).__dict__[name]
     value, extra = _changed_value(section, field, default)

@@ -52,6 +52,7 @@ class DataConfig:
     use_aug: bool = False  # VOC: SegmentationClassAug + train_aug list
     train_list: str | None = None  # a file of image ids replacing the training split's list
     tag_file: str | None = None  # image-level tags (cls_labels.npy, CSV or JSON) for WSSS on any dataset
+    saliency_dir: str | None = None  # <image id>.png saliency maps of the training images (EPS)
     num_classes: int | None = setting(None, minimum=1, maximum=255)  # folder datasets without classes.txt
     crop_size: list[int] = setting(default_factory=lambda: [128, 128], length=2, items={"minimum": 1})
     scale_range: list[float] = setting(
@@ -219,6 +220,11 @@ def _check_relations(cfg: Config) -> None:
                     f"config key 'model.{section}.{name}' does not apply to model.method={method.name} "
                     f"(leave it at {getattr(defaults, name)!r})"
                 )
+    if "saliency" in method.batch_inputs(cfg.model) and cfg.data.saliency_dir is None:
+        raise ConfigError(
+            f"model.method={method.name} trains on saliency maps: set config key 'data.saliency_dir' "
+            "to a folder of <image id>.png maps"
+        )
     low, high = cfg.data.aspect_range
     if low > high:
         raise ConfigError(

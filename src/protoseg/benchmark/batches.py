@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.saliency import synthetic_saliency
 from ..data.shapes import SHAPES_CLASS_NAMES, render_shapes_sample
 from ..data.tags import tags_from_mask
 
@@ -24,14 +25,15 @@ def shapes_batch(
     Returns:
         ``"image"`` ``(B, 3, H, W)`` float32 normalised to [-1, 1] (mean = std = 0.5),
         ``"mask"`` ``(B, H, W)`` int64 (255 = ignore), ``"tags"`` ``(B, num_tags)`` float32 multi-hot
-        foreground tags (the shapes' 10 tags, zero-padded or cut to ``num_tags``).
+        foreground tags (the shapes' 10 tags, zero-padded or cut to ``num_tags``), ``"saliency"``
+        ``(B, 1, H, W)`` float32 synthetic saliency maps (EPS's input, quality 0.7).
     """
     if batch_size < 1 or height < 32 or width < 32:
         raise ValueError(
             f"shapes_batch: need batch_size >= 1 and a crop >= 32 x 32, got {batch_size}, {height} x {width}"
         )
     side = max(height, width)
-    images, masks, tags = [], [], []
+    images, masks, tags, saliency = [], [], [], []
     for index in range(batch_size):
         image, mask, _ = render_shapes_sample(np.random.default_rng([seed, index]), side)
         image, mask = image[:height, :width], mask[:height, :width]
@@ -42,9 +44,11 @@ def shapes_batch(
         images.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
         masks.append(torch.from_numpy(np.ascontiguousarray(mask)).long())
         tags.append(torch.from_numpy(padded))
+        saliency.append(torch.from_numpy(synthetic_saliency(mask, [seed, index], 0.7))[None])
     pixels = torch.stack(images).float().div_(255.0).sub_(0.5).div_(0.5)
     return {
         "image": pixels.to(device),
         "mask": torch.stack(masks).to(device),
         "tags": torch.stack(tags).to(device),
+        "saliency": torch.stack(saliency).to(device),
     }

@@ -41,7 +41,7 @@ def build_optimizer(
     else:
         backbone = getattr(model, "backbone", None)
         if backbone is None and backbone_lr_mult != 1.0:
-            backbone = getattr(getattr(model, "network", None), "backbone", None)
+            backbone = find_backbone(model)
         backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
         backbone_params = [p for p in model.parameters() if p.requires_grad and id(p) in backbone_ids]
         other_params = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]

@@ -336,7 +336,7 @@ class PixelToPrototypeContrast(nn.Module):
         self.generator = generator
 
     def _view(
-        self, cam: torch.Tensor, features: torch.Tensor, tags: torch.Tensor
+        self, cam: torch.Tensor, features: torch.Tensor, tags: torch.Tensor, top_k: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embeddings ``(N, D)`` (with gradient), labels ``(N,)``, prototypes ``(M, D)``, valid ``(M,)``."""
         dtype = torch.promote_types(features.dtype, torch.float32)
@@ -344,7 +344,7 @@ class PixelToPrototypeContrast(nn.Module):
         labels, confidence = cam_pseudo_labels(cam.to(dtype), tags, self.bg_threshold)
         with torch.no_grad():
             flat_confidence = confidence.permute(0, 2, 3, 1).flatten(0, 2)
-            prototypes, valid = topk_weighted_prototypes(flat_confidence, embeddings.detach(), self.top_k)
+            prototypes, valid = topk_weighted_prototypes(flat_confidence, embeddings.detach(), top_k)
         return embeddings, labels.flatten(), prototypes, valid
 
     def forward(
@@ -354,6 +354,7 @@ class PixelToPrototypeContrast(nn.Module):
         cam_target: torch.Tensor,
         features_target: torch.Tensor,
         tags: torch.Tensor,
+        top_k: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Contrast terms of two aligned views.
 
@@ -361,6 +362,7 @@ class PixelToPrototypeContrast(nn.Module):
             cam_source, cam_target: ``(B, C+1, h, w)`` raw CAMs (channel 0 = background).
             features_source, features_target: ``(B, D, h, w)`` projected features (not yet normalised).
             tags: ``(B, C)`` multi-hot foreground tags.
+            top_k: pixels per prototype for this call (default: the module's ``top_k``).
 
         Returns:
             ``"loss"`` = ``cross_weight * (cp + cc) + intra_weight * intra``, and the detached terms
@@ -369,8 +371,11 @@ class PixelToPrototypeContrast(nn.Module):
         self._check_shapes(cam_source, features_source, cam_target, features_target, tags)
         # float32 even under autocast (which would run the similarity matmuls in half precision)
         with torch.autocast(device_type=features_source.device.type, enabled=False):
-            source = self._view(cam_source, features_source, tags)
-            target = self._view(cam_target, features_target, tags)
+            top_k = self.top_k if top_k is None else top_k
+            if top_k < 1:
+                raise ValueError(f"PPC top_k must be >= 1, got {top_k}")
+            source = self._view(cam_source, features_source, tags, top_k)
+            target = self._view(cam_target, features_target, tags, top_k)
             (v_s, y_s, p_s, valid_s), (v_t, y_t, p_t, valid_t) = source, target
             tau = self.temperature
 

@@ -18,13 +18,16 @@ from .base import (
     ValidationSettings,
     WeaklySupervisedMethod,
 )
-from .cam import CAMMethod
+from .cam import CAMConfig, CAMMethod
 from .contrast import ContrastConfig, ContrastMethod
+from .eps import EPSConfig, EPSMethod
 from .linear import LinearConfig, LinearMethod
-from .ppc import PPCConfig, PPCMethod
+from .ppc import BASES, PPCConfig, PPCMethod
 from .protoseg import ProtoSegConfig, ProtoSegMethod
 from .protoseg_contrast import ProtoSegContrastMethod
 from .rca import RCAConfig, RCAMethod
+from .seam import SEAMConfig, SEAMMethod
+from .wsss_base import BaseRecipe, BaseView, WSSSBase
 
 METHODS: dict[str, type[Method]] = {
     method.name: method
@@ -34,6 +37,8 @@ METHODS: dict[str, type[Method]] = {
         ContrastMethod,
         ProtoSegContrastMethod,
         CAMMethod,
+        SEAMMethod,
+        EPSMethod,
         PPCMethod,
         RCAMethod,
     )
@@ -81,12 +86,18 @@ def build_method(model: Any, dataset: DatasetInfo, seed: int = 0) -> Method:
 
 __all__ = [
     "BASELINES",
+    "BASES",
     "METHODS",
     "SECTIONS",
+    "BaseRecipe",
+    "BaseView",
+    "CAMConfig",
     "CAMMethod",
     "ContrastConfig",
     "ContrastMethod",
     "DatasetInfo",
+    "EPSConfig",
+    "EPSMethod",
     "LinearConfig",
     "LinearMethod",
     "Method",
@@ -97,8 +108,11 @@ __all__ = [
     "ProtoSegMethod",
     "RCAConfig",
     "RCAMethod",
+    "SEAMConfig",
+    "SEAMMethod",
     "SegmentationMethod",
     "ValidationSettings",
+    "WSSSBase",
     "WeaklySupervisedMethod",
     "build_method",
     "method_class",

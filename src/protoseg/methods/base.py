@@ -96,6 +96,17 @@ class Method(nn.Module):
         """Number of classes the network predicts for ``dataset``."""
         return dataset.num_classes
 
+    @classmethod
+    def batch_inputs(cls, model: Any) -> tuple[str, ...]:
+        """The batch keys the method built from the ``model`` config trains on (``inputs``, unless
+        they depend on the config: PPC on EPS also reads ``saliency``)."""
+        return cls.inputs
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict] | None:
+        """The optimiser's parameter groups (``{"params", "lr", "weight_decay"[, "momentum"]}``), or None
+        for the trainer's default (every trainable parameter at ``lr``)."""
+        return None
+
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -148,6 +159,8 @@ class WeaklySupervisedMethod(Method):
     inputs: ClassVar[tuple[str, ...]] = ("image", "tags")
 
     num_classes: int
+    cam_normalisation: str = "max"
+    """How CAM inference and the validation seeds normalise the CAMs (``ops.cams.CAM_NORMALISATIONS``)."""
 
     @classmethod
     def output_classes(cls, dataset: DatasetInfo) -> int:
@@ -167,7 +180,8 @@ class WeaklySupervisedMethod(Method):
         self, batch: Mapping[str, torch.Tensor], settings: ValidationSettings
     ) -> torch.Tensor:
         size = batch["mask"].shape[-2:]
-        return cam_seed_labels(self.cams(batch["image"]), batch["tags"], size, settings.cam_threshold)
+        cams = self.cams(batch["image"])
+        return cam_seed_labels(cams, batch["tags"], size, settings.cam_threshold, self.cam_normalisation)
 
 
 def ce_class_weights(model: Any, num_classes: int) -> list[float] | None:

@@ -1,31 +1,60 @@
-"""The weakly supervised baseline: a CAM classification network trained from image-level tags."""
+"""The weakly supervised baseline and base: a CAM classification network trained from image-level tags."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from ..models.cam import CAMNet
-from .base import DatasetInfo, WeaklySupervisedMethod, build_backbone_from_config
+from .base import DatasetInfo, build_backbone_from_config
+from .wsss_base import BaseRecipe, BaseView, WSSSBase, recipe_of
 
 
-class CAMMethod(WeaklySupervisedMethod):
-    """Plain CAM training: ``loss = cls``, the multilabel soft margin loss on GAP(foreground CAM)."""
+@dataclass
+class CAMConfig(BaseRecipe):
+    """``model.cam``: the plain CAM network's recipe (:class:`~protoseg.methods.wsss_base.BaseRecipe`;
+    the defaults are protoseg's: BatchNorm and stem trained, one learning rate, no dropout, max
+    normalisation)."""
+
+
+class CAMMethod(WSSSBase):
+    """Plain CAM training: ``loss = cls``, the multilabel soft margin loss on GAP(foreground CAM); on two
+    views (a plug-in's) the mean of both views' ``cls``."""
 
     name: ClassVar[str] = "cam"
+    section: ClassVar[tuple[str, type]] = ("cam", CAMConfig)
+    reads: ClassVar[tuple[str, ...]] = ("cam",)
 
-    def __init__(self, network: CAMNet) -> None:
-        super().__init__()
-        self.network = network
-        self.num_classes = network.num_classes
+    def __init__(self, network: CAMNet, recipe: BaseRecipe | None = None) -> None:
+        super().__init__(network, recipe)
 
     @classmethod
-    def from_config(cls, model: Any, dataset: DatasetInfo, seed: int = 0) -> CAMMethod:
-        network = CAMNet(build_backbone_from_config(model), cls.output_classes(dataset), proj_dim=None)
-        return cls(network)
+    def build(cls, model: Any, dataset: DatasetInfo, seed: int = 0, proj_dim: int | None = None) -> CAMMethod:
+        section = model.cam
+        network = CAMNet(
+            build_backbone_from_config(model), cls.output_classes(dataset), proj_dim, dropout=section.dropout
+        )
+        return cls(network, recipe_of(section))
 
-    def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
-        classification = self.network.classification_loss(self.network(batch["image"])["cam"], batch["tags"])
+    def single_view_losses(
+        self, batch: Mapping[str, torch.Tensor], view: BaseView
+    ) -> dict[str, torch.Tensor]:
+        classification = self.network.classification_loss(view.cam, batch["tags"])
+        return {"loss": classification, "cls": classification.detach()}
+
+    def pair_losses(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        source: BaseView,
+        target: BaseView,
+        target_images: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        tags = batch["tags"]
+        classification = 0.5 * (
+            self.network.classification_loss(source.cam, tags)
+            + self.network.classification_loss(target.cam, tags)
+        )
         return {"loss": classification, "cls": classification.detach()}

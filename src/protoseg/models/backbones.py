@@ -191,3 +191,29 @@ def build_backbone(
     if pretrained == "offline":
         pretrained = offline_weights_path(name)
     return TimmBackbone(name, pretrained=pretrained, output_stride=output_stride, out_indices=out_indices)
+
+
+def stem_modules(backbone: nn.Module) -> list[nn.Module]:
+    """The modules that compute the backbone's first returned level, stem included: what the WSSS
+    releases freeze as ResNet-38's ``conv1a`` and first stage (``b2``). ``tiny``: the stem and the first
+    stage; a timm model: every top-level module up to and including its first feature level's."""
+    if isinstance(backbone, TinyBackbone):
+        return [backbone.stem, backbone.stages[0]]
+    body = getattr(backbone, "body", None)
+    info = getattr(body, "feature_info", None)
+    if body is None or info is None:
+        raise ValueError(f"cannot find the stem of a {type(backbone).__name__} backbone")
+    first = info.module_name()[0]
+    parent, _, _ = first.rpartition(".")  # EfficientNet: "blocks.1" lies inside "blocks"
+    modules = []
+    for name, module in body.named_children():
+        if name == parent:
+            for child_name, child in module.named_children():
+                modules.append(child)
+                if f"{parent}.{child_name}" == first:
+                    return modules
+            break
+        modules.append(module)
+        if name in (first, first.replace(".", "_")):
+            return modules
+    raise ValueError(f"the first feature level '{first}' of the backbone is not one of its modules")

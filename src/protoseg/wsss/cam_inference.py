@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..files import atomic_write
+from ..ops.cams import normalise_cams
 
 CamFunction = Callable[[torch.Tensor], torch.Tensor]
 DEFAULT_SCALES = (0.5, 1.0, 1.5, 2.0)
@@ -42,12 +43,15 @@ def multiscale_cam(
     tags: torch.Tensor,
     scales: Sequence[float] = DEFAULT_SCALES,
     flip: bool = True,
+    normalisation: str = "max",
 ) -> torch.Tensor:
-    """Multi-scale + horizontal-flip CAM of one image, ReLU-ed, max-normalised, restricted to its tags.
+    """Multi-scale + horizontal-flip CAM of one image, ReLU-ed, normalised, restricted to its tags.
 
     ``CAM_c = relu(sum_{s, f} up(unflip_f(cam_fn(flip_f(resize_s(image))))_c)) / (max_xy(.) + 1e-5)``
     for tagged classes c, 0 for the others (IRN-style CAM inference; the ReLU follows the sum, so a
-    ``cam_fn`` that already rectifies its output gives IRN's per-scale ReLU).
+    ``cam_fn`` that already rectifies its output gives IRN's per-scale ReLU). ``normalisation="minmax"``
+    divides ``relu(x - min - 1e-5)`` by ``max - min + 1e-5`` instead (SEAM's and PPC's inference;
+    :func:`protoseg.ops.cams.normalise_cams`).
 
     Args:
         cam_fn: ``images (B, 3, h, w) -> (B, C, h', w')`` raw CAMs (any stride); called once per scale
@@ -88,10 +92,8 @@ def multiscale_cam(
         tags = tags.reshape(-1)
         if tags.shape[0] != total.shape[0]:
             raise ValueError(f"tags have {tags.shape[0]} entries but cam_fn gave {total.shape[0]} classes")
-        total = torch.relu(total)
-        maximum = total.amax(dim=(1, 2), keepdim=True)
-        present = (tags.reshape(-1, 1, 1).to(total.device) > 0).to(total.dtype)
-        return total / (maximum + NORMALISATION_EPSILON) * present
+        present = (tags.reshape(1, -1).to(total.device) > 0).to(total.dtype)
+        return normalise_cams(total[None], present, normalisation)[0]
 
 
 @dataclass
@@ -176,8 +178,12 @@ def run_cam_inference(
     progress: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    normalisation: str | None = None,
 ) -> dict:
     """CAMs of every image of ``dataset`` (this rank's shard) to ``<out_dir>/<name>.npz``; resumable.
+
+    ``normalisation`` (:func:`multiscale_cam`): None takes the ``cam_normalisation`` of the method
+    ``cam_fn`` is bound to (``method.cams``), ``"max"`` for any other function.
 
     Samples are dicts with ``image`` ``(3, H, W)``, ``tags`` ``(C,)`` and ``name``. Rank r handles the
     indices ``r, r + world_size, ...``. An image whose file already exists is skipped (files are written
@@ -191,6 +197,8 @@ def run_cam_inference(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    if normalisation is None:
+        normalisation = getattr(getattr(cam_fn, "__self__", None), "cam_normalisation", "max")
     indices = range(rank, len(dataset), world_size)
     written = skipped = 0
     start = time.perf_counter()
@@ -202,7 +210,9 @@ def run_cam_inference(
             continue
         image = torch.as_tensor(sample["image"]).to(device, non_blocking=True)
         tags = torch.as_tensor(sample["tags"])
-        cam = multiscale_cam(cam_fn, image, tags.to(device), scales=scales, flip=flip)
+        cam = multiscale_cam(
+            cam_fn, image, tags.to(device), scales=scales, flip=flip, normalisation=normalisation
+        )
         save_cam(path, cam, tags)
         written += 1
     return {
