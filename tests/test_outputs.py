@@ -216,6 +216,8 @@ def test_make_data_writes_again_only_with_overwrite_and_prints_a_summary(tmp_pat
     assert code == 2 and "--overwrite" in err
     code, out, _ = run_cli(capsys, *arguments, "--overwrite", "--json")
     assert code == 0 and json.loads(out)["num_train"] == 3
+    (folder / "shapes_meta.json").unlink()  # as if interrupted: the folder is still make-data's
+    assert run_cli(capsys, *arguments, "--overwrite")[0] == 0
 
 
 @pytest.mark.parametrize("budget", [0, 3000, 9000])

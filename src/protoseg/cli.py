@@ -32,15 +32,19 @@ def _json_default(value):
 
 
 # -- make-data ------------------------------------------------------------------------------------
+MAKE_DATA_MARKER = ".protoseg-make-data"
+"""Written into ``--out`` before anything else: the folder is make-data's (also when it was interrupted)."""
+
+
 def check_make_data_folder(out: Path, overwrite: bool) -> None:
     """``make-data`` writes into a new or empty folder, or (with ``overwrite``) over a dataset it wrote
-    before (``shapes_meta.json``); any other folder with files is refused, so that no user file is
-    replaced (a VOC root's lists, for one)."""
+    before (its marker or ``shapes_meta.json``; also an interrupted one); any other folder with files is
+    refused, so that no user file is replaced (a VOC root's lists, for one)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    if not (out / "shapes_meta.json").is_file():
+    if not ((out / "shapes_meta.json").is_file() or (out / MAKE_DATA_MARKER).is_file()):
         raise FileExistsError(
             f"--out {out} is not empty and holds no make-data dataset; choose a new or empty folder"
         )
@@ -55,9 +59,11 @@ def cmd_make_data(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .data.shapes import generate_shapes
+    from .files import atomic_write_text
 
     out = Path(args.out)
     check_make_data_folder(out, args.overwrite)
+    atomic_write_text(out / MAKE_DATA_MARKER, "written by protoseg make-data\n")
     with tqdm(total=args.num_train + args.num_val, desc="make-data", disable=not _progress(args)) as bar:
         summary = generate_shapes(
             out,
