@@ -1,4 +1,4 @@
-"""Reproduce the README's results table on the built-in benchmark.
+"""Reproduce the README's results tables on the built-in benchmark.
 
 Every run uses the shipped ``configs/shapes/*.yaml`` (same backbone, seed and schedule); the WSSS
 chains run stage 1 (CAM network from tags), multi-scale CAMs on the train split, the seed
@@ -7,15 +7,22 @@ masks, evaluated on the real val masks).
 
     python benchmarks/shapes_results.py --data data/shapes --out runs/results --seeds 0 1 2
     python benchmarks/shapes_results.py --out runs/results_1600 --iterations 1600 --only linear ...
+    python benchmarks/shapes_results.py --out runs/wsss --seeds 0 1 2 --jobs 1 \
+        --only wsss_cam wsss_seam wsss_eps wsss_ppc_cam wsss_ppc_seam wsss_ppc_eps
 
 ``--iterations N`` runs every selected training for N iterations instead of the configs' 400
 (validation every N / 4), for the longer-schedule table. ``--seeds`` runs each row once per seed
-(``train.seed``); the table gives the mean and standard deviation over the seeds of the final val
-mIoU and of the val mIoU at each quarter of the schedule. Finished runs (their last validation in
-``metrics.jsonl``) are reused, so an interrupted invocation continues where it stopped.
+(``train.seed``, stage 1 and stage 2 of a WSSS chain alike); the tables give the mean and standard
+deviation over the seeds. Finished runs (their last validation in ``metrics.jsonl``) and finished
+WSSS chains (``chain.json``) are reused, so an interrupted invocation continues where it stopped.
 
-Two job streams run side by side (one thread each); the table is printed at the end and written
-to ``OUT/results.md`` / ``OUT/results.json``.
+WSSS rows ``wsss_<base>`` and ``wsss_ppc_<base>`` (base ``cam``, ``seam``, ``eps``) use the 224-px setting
+of ``configs/shapes/wsss224`` on ``--wsss-data`` (written when missing: 224-px shapes, 500 / 100
+images, synthetic saliency maps of quality 0.7); ``wsss96_*`` rows the 96-px setting of
+``configs/shapes/wsss_*.yaml`` on ``--data``.
+
+Two job streams run side by side (one thread each; ``--jobs 1`` for one); the table is printed at the
+end and written to ``OUT/results.md`` / ``OUT/results.json``.
 """
 
 from __future__ import annotations
@@ -61,8 +68,18 @@ SUPERVISED = {
     "contrast": ("contrast", []),
     "protoseg_contrast": ("protoseg_contrast", []),
 }
-WSSS = ("cam", "ppc", "rca")
-CAM_SCALES = ["1.0", "1.5"]
+WSSS: dict[str, tuple[str, str, list[str], str]] = {
+    # name: (stage-1 config, dataset (wsss: --wsss-data, shapes: --data), CAM scales, stage-2 config)
+    **{
+        f"wsss_{method}": (f"wsss224/{method}", "wsss", ["1.0"], "wsss224/stage2")
+        for method in ("cam", "seam", "eps", "ppc_cam", "ppc_seam", "ppc_eps")
+    },
+    "wsss96_cam": ("wsss_cam", "shapes", ["1.0", "1.5"], "wsss_stage2"),
+    "wsss96_ppc": ("wsss_ppc", "shapes", ["1.0", "1.5"], "wsss_stage2"),
+    "wsss96_rca": ("wsss_rca", "shapes", ["1.0", "1.5"], "wsss_stage2"),
+}
+WSSS["wsss_ppc_cam"] = ("wsss224/ppc", "wsss", ["1.0"], "wsss224/stage2")
+SALIENCY_QUALITY = 0.7
 
 
 def protoseg_command(*args: str) -> list[str]:
@@ -134,71 +151,77 @@ def supervised(name: str, data: str, out: Path, seed: int = 0) -> dict:
     }
 
 
-def wsss_chain(method: str, data: str, out: Path) -> dict:
-    log = out / f"wsss_{method}.log"
-    run_dir = out / f"wsss_{method}"
-    seconds = train(f"wsss_{method}", run_dir, data, [], log)
+def wsss_chain(name: str, data: str, out: Path, seed: int = 0) -> dict:
+    config, _, scales, stage2_config = WSSS[name]
+    log = out / f"{name}_s{seed}.log"
+    run_dir = out / f"{name}_s{seed}"
+    record = run_dir / "chain.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    started = time.perf_counter()
+    seed_set = [f"train.seed={seed}"]
+    saliency = [f"data.saliency_dir={data}/SaliencyMaps"] if "eps" in name else []
+    seconds = train(config, run_dir, data, seed_set + saliency, log)
     cams = run_dir / "cams"
+    cam_started = time.perf_counter()
     run(
         protoseg_command(
-            "cam",
-            str(run_dir),
-            "--split",
-            "train",
-            "--out",
-            str(cams),
-            "--scales",
-            *CAM_SCALES,
-            "--no-progress",
-            "--set",
-            f"data.root={data}",
+            "cam", str(run_dir), "--split", "train", "--out", str(cams), "--scales", *scales,
+            "--no-progress", "--set", f"data.root={data}",
         ),
         log,
-    )
+    )  # fmt: skip
+    cam_seconds = time.perf_counter() - cam_started
     seeds = json.loads(
         run(
             protoseg_command(
-                "seeds-eval",
-                str(cams),
-                "--data",
-                data,
-                "--split",
-                "train",
-                "--thresholds",
-                "0.05:0.6:0.05",
+                "seeds-eval", str(cams), "--data", data, "--split", "train", "--thresholds", "0.05:0.6:0.05",
                 "--json",
             ),
             log,
         )
         .strip()
         .splitlines()[-1]
-    )
+    )  # fmt: skip
     threshold = seeds["best_threshold"]
     pseudo = run_dir / "pseudo"
     run(
         protoseg_command(
-            "pseudo-label",
-            str(cams),
-            "--threshold",
-            str(threshold),
-            "--out",
-            str(pseudo),
-            "--data",
-            data,
+            "pseudo-label", str(cams), "--threshold", str(threshold), "--out", str(pseudo), "--data", data,
             "--no-progress",
         ),
         log,
-    )
-    stage2 = out / f"stage2_{method}"
-    train("wsss_stage2", stage2, data, [f"data.label_dir={pseudo}"], log)
-    return {
-        "name": method,
+    )  # fmt: skip
+    stage2 = out / f"stage2_{name}_s{seed}"
+    stage2_seconds = train(stage2_config, stage2, data, [f"data.label_dir={pseudo}", *seed_set], log)
+    result = {
+        "name": name,
+        "seed": seed,
         "seed_mIoU": seeds["best_metrics"]["mIoU"],
         "seed_threshold": threshold,
         "cam_val_mIoU": final_val(run_dir)["mIoU"],
         "stage2_val_mIoU": final_val(stage2)["mIoU"],
         "train_seconds": seconds,
+        "cam_seconds": cam_seconds,
+        "stage2_seconds": stage2_seconds,
+        "chain_seconds": time.perf_counter() - started,
     }
+    record.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def ensure_wsss_data(root: str, log: Path) -> None:
+    """The 224-px shapes set with synthetic saliency maps (what ``protoseg make-data shapes --size 224
+    --num-train 500 --num-val 100 --saliency 0.7`` writes)."""
+    from protoseg.data.saliency import SALIENCY_FOLDER, write_synthetic_saliency
+    from protoseg.data.shapes import generate_shapes
+
+    if not (Path(root) / "ImageSets/Segmentation/train.txt").is_file():
+        generate_shapes(root, size=224, num_train=500, num_val=100, seed=0)
+    if not (Path(root) / SALIENCY_FOLDER).is_dir():
+        summary = write_synthetic_saliency(root, quality=SALIENCY_QUALITY, seed=0)
+        with open(log, "a") as file:
+            file.write(json.dumps(summary) + "\n")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -227,15 +250,23 @@ def table(results: dict) -> str:
         lines.append(f"| {name} | {seeds} | {quarters} | **{final}** |")
     lines += [
         "",
-        "| WSSS method | CAM seed mIoU, train (%) | best threshold | stage-2 val mIoU (%) |",
-        "|---|---|---|---|",
+        "| WSSS method | seeds | CAM seed mIoU, train (%) | best threshold | stage-2 val mIoU (%) "
+        "| chain (min) |",
+        "|---|---|---|---|---|---|",
     ]
-    for method in WSSS:
-        if method in results:
-            r = results[method]
-            values = (r["seed_mIoU"], r["seed_threshold"], r["stage2_val_mIoU"])
-            row = [method, *(f"{value:.2f}" for value in values)]
-            lines.append("| " + " | ".join(row) + " |")
+    for name in WSSS:
+        runs = [
+            r for key, r in sorted(results.items()) if key.rsplit("_s", 1)[0] == name and "seed_mIoU" in r
+        ]
+        if not runs:
+            continue
+        seeds = ",".join(str(r.get("seed", 0)) for r in runs)
+        cells = [
+            _mean_std([r[key] for r in runs]) for key in ("seed_mIoU", "seed_threshold", "stage2_val_mIoU")
+        ]
+        minutes = [r["chain_seconds"] / 60 for r in runs if r.get("chain_seconds")]
+        cells.append(_mean_std(minutes) if minutes else "")
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -244,6 +275,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", default="data/shapes")
+    parser.add_argument(
+        "--wsss-data", default="data/shapes_wsss", help="the 224-px WSSS set (made if missing)"
+    )
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", nargs="*", help=f"subset of {list(SUPERVISED) + list(WSSS)}")
@@ -266,8 +300,20 @@ def main() -> int:
     if not (Path(data) / "ImageSets/Segmentation/train.txt").is_file():
         run(protoseg_command("make-data", "shapes", "--out", data), out / "make_data.log")
     wanted = args.only or list(SUPERVISED) + list(WSSS)
+    unknown = sorted(set(wanted) - set(SUPERVISED) - set(WSSS))
+    if unknown:
+        parser.error(f"unknown rows {unknown} (valid: {list(SUPERVISED) + list(WSSS)})")
+    wsss_data = str(Path(args.wsss_data).resolve())
+    if any(WSSS[name][1] == "wsss" for name in wanted if name in WSSS):
+        ensure_wsss_data(wsss_data, out / "make_data.log")
+    roots = {"wsss": wsss_data, "shapes": data}
     # longest chains first so the two streams finish together
-    jobs = [(f"{m}", wsss_chain, (m, data, out)) for m in WSSS if m in wanted] + [
+    jobs = [
+        (f"{name}_s{seed}", wsss_chain, (name, roots[WSSS[name][1]], out, seed))
+        for seed in args.seeds
+        for name in WSSS
+        if name in wanted
+    ] + [
         (f"{n}_s{seed}", supervised, (n, data, out, seed))
         for seed in args.seeds
         for n in SUPERVISED
