@@ -153,6 +153,18 @@ def test_training_forward_and_inference_run_on_cuda_under_amp_without_host_sync(
         assert output.shape == (batch, 11, height, width)
 
 
+@pytest.mark.parametrize("base", ["seam", "eps"])
+def test_ppc_on_each_base_runs_on_cuda_under_amp_without_host_sync(base):
+    settings = with_amp("cpu")
+    overrides = [f"model.ppc.base={base}", "model.ppc.top_k_divisor=8", "data.saliency_dir=unused"]
+    settings = dataclasses.replace(settings, user_overrides=settings.user_overrides + overrides)
+    result = on_fake_cuda(settings, "ppc")
+    check_training_forward(result)
+    assert {"cls", "cp", "cc", "intra"} <= set(result["terms"])
+    output = result["output"]
+    assert output.device == CUDA and output.shape[:2] == (result["cfg"].train.batch_size, 10)
+
+
 def test_bfloat16_amp_runs_the_network_in_bfloat16_on_cuda():
     with mock.patch.object(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True):
         result = on_fake_cuda(with_amp("cpu", "bfloat16"), "protoseg")
