@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from protoseg.config import ConfigError, load_config
+from protoseg.config import load_config
 from protoseg.data.saliency import read_saliency, synthetic_saliency, write_synthetic_saliency
 from protoseg.data.transforms import build_transforms
 from protoseg.engine.optim import build_optimizer
@@ -226,11 +226,12 @@ def test_frozen_batchnorm_stays_in_eval_mode_and_groups_follow_the_release():
     assert {id(p) for g in groups for p in g["params"]} == trainable
 
 
-def test_eps_needs_saliency_maps_in_the_config():
-    with pytest.raises(ConfigError, match="data.saliency_dir"):
-        load_config(None, TINY + ["model.method=eps"])
-    with pytest.raises(ConfigError, match="data.saliency_dir"):
-        load_config(None, TINY + ["model.method=ppc", "model.ppc.base=eps"])
+def test_eps_and_ppc_on_eps_read_saliency_from_the_batch():
+    from protoseg.methods import EPSMethod, PPCMethod
+
+    cfg = load_config(None, TINY + ["model.method=ppc", "model.ppc.base=eps"])
+    assert PPCMethod.batch_inputs(cfg.model) == EPSMethod.inputs == ("image", "tags", "saliency")
+    assert build("model.method=ppc", "model.ppc.base=eps").inputs == ("image", "tags", "saliency")
 
 
 # -- saliency data --------------------------------------------------------------------------------

@@ -220,11 +220,6 @@ def _check_relations(cfg: Config) -> None:
                     f"config key 'model.{section}.{name}' does not apply to model.method={method.name} "
                     f"(leave it at {getattr(defaults, name)!r})"
                 )
-    if "saliency" in method.batch_inputs(cfg.model) and cfg.data.saliency_dir is None:
-        raise ConfigError(
-            f"model.method={method.name} trains on saliency maps: set config key 'data.saliency_dir' "
-            "to a folder of <image id>.png maps"
-        )
     low, high = cfg.data.aspect_range
     if low > high:
         raise ConfigError(
