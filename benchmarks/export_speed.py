@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def measure(method: str, args: argparse.Namespace, folder: Path) -> dict:
         "export_seconds": {name: result.seconds for name, result in exports.items()},
         "onnx_megabytes": exports["onnxruntime"].path.stat().st_size / 2**20,
         "onnx_input_shape": exports["onnxruntime"].input_shape,
-        "notes": exports["onnxruntime"].notes,
+        "notes": {name: result.notes for name, result in exports.items()},
         "median_ms": {name: 1000 * statistics.median(values) for name, values in times.items()},
         "ratio_to_pytorch": {name: paired_ratio(times[name], times["pytorch"]) for name in calls},
         "max_abs_diff": differences,
@@ -94,7 +95,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        results = [measure(method, args, Path(folder)) for method in args.methods]
+        results = []
+        for method in args.methods:
+            results.append(measure(method, args, Path(folder)))
+            print(f"measured {method}: {json.dumps(results[-1]['median_ms'])}", file=sys.stderr, flush=True)
     headers = ["method", "output", "export s (onnx / pt2)", "onnx MiB"]
     headers += [f"{runtime} ms" for runtime in RUNTIMES] + [
         "ort / pytorch",
@@ -120,8 +124,9 @@ def main() -> None:
     )
     print(markdown_table(headers, rows))
     for result in results:
-        for note in result["notes"]:
-            print(f"{result['method']}: {note}")
+        for runtime, notes in result["notes"].items():
+            for note in notes:
+                print(f"{result['method']} ({runtime}): {note}")
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
 
