@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from ..files import atomic_write_text
 
 MAX_REPORTED = 3
+PLAIN_REPORT_SECONDS = 2.0
 
 
 def cache_dir() -> Path:
@@ -95,6 +97,7 @@ def check_split_files(dataset, description: str, progress: bool = True, use_cach
     problems: list[Exception] = []
     checked = 0
     show = progress and sys.stderr.isatty()
+    start = time.perf_counter()
     for index in tqdm(range(len(dataset)), desc=f"checking {description}", disable=not show, leave=False):
         signatures = [_signature(dataset.image_path(index)), _signature(dataset.mask_path(index))]
         key = "|".join(str(signature) for signature in signatures)
@@ -109,6 +112,9 @@ def check_split_files(dataset, description: str, progress: bool = True, use_cach
             continue
         if None not in signatures:
             passed.add(key)
+    elapsed = time.perf_counter() - start
+    if progress and not show and elapsed > PLAIN_REPORT_SECONDS:  # a log file learns where the time went
+        print(f"checked the files of {checked} samples of the {description} in {elapsed:.1f} s", flush=True)
     if cache_path is not None and passed != known:
         with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
             atomic_write_text(cache_path, json.dumps(sorted(passed)))
