@@ -27,10 +27,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 $(DATA)/ImageSets/Segmentation/val.txt: | $(STAMP)
-	$(BIN)/protoseg make-data shapes --out $(DATA)
+	$(BIN)/protoseg make-data shapes --out $(DATA) --overwrite
 
 demo: $(STAMP) $(DATA)/ImageSets/Segmentation/val.txt
-	$(BIN)/protoseg train configs/shapes/linear.yaml --set data.root=$(DATA) --run-dir $(DEMO_RUN) --overwrite
+	$(BIN)/protoseg train configs/shapes/demo.yaml --set data.root=$(DATA) --run-dir $(DEMO_RUN) --overwrite
 	$(BIN)/protoseg eval $(DEMO_RUN) --out $(DEMO_RUN)/eval_val.json
 	$(BIN)/protoseg visualize curves $(DEMO_RUN) --eval-json $(DEMO_RUN)/eval_val.json
 	$(BIN)/protoseg visualize predictions $(DEMO_RUN) --images 4
