@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from .onnx import compare_onnx
 def load_exported(path: str | Path, format: str) -> nn.Module:
     """A TorchScript (``torchscript``) or ``torch.export`` (``torch_export``) file as a callable module."""
     if format == "torchscript":
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=FutureWarning)  # torch's deprecation of TorchScript
+            return torch.jit.load(str(path), map_location="cpu")
     if format == "torch_export":
         return torch.export.load(str(path)).module()
     raise ExportError(f"load_exported reads torchscript or torch_export files, not '{format}'")
