@@ -165,3 +165,21 @@ def test_generation_speed_print(tmp_path):
     print(
         f"\nshapes: 60 images at 128 px in {seconds:.2f} s -> about {seconds / 60 * 1250:.0f} s for 1000/250"
     )
+
+
+def test_make_data_writes_synthetic_saliency_maps_with_the_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from protoseg.cli import main
+
+    out = tmp_path / "shapes"
+    args = ["make-data", "shapes", "--out", str(out), "--size", "64", "--num-train", "3", "--num-val", "1"]
+    assert main([*args, "--saliency", "0.7", "--no-progress"]) == 0
+    ids = (out / "ImageSets/Segmentation/train.txt").read_text().split()
+    for name in ids:
+        saliency = np.asarray(Image.open(out / "SaliencyMaps" / f"{name}.png"))
+        assert saliency.shape == (64, 64) and saliency.max() > 0
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--saliency", "1.5", "--overwrite"])
+    assert exit_info.value.code == 2 and "--saliency" in capsys.readouterr().err

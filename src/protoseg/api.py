@@ -41,11 +41,8 @@ from .export.metadata import run_metadata
 from .methods import METHODS, DatasetInfo, Method, build_method, method_class
 from .models.heads.protoseg import ProtoSegHead
 from .models.segmentor import Segmentor
-from .ops.inference import InferenceSettings, predict_probabilities
+from .ops.inference import TTA_SCALES, InferenceSettings, predict_probabilities
 from .wsss.cam_inference import multiscale_cam
-
-TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-"""The scales of ``tta=True`` (with flip), as ``protoseg predict --tta`` / ``protoseg eval --tta``."""
 
 ONE, BATCH, MANY = "one", "batch", "many"
 
@@ -307,9 +304,9 @@ class Model(nn.Module):
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
     ) -> Any:
-        """Normalised foreground CAMs ``(C, H, W)`` in [0, 1) per image at the input size (the CAM stage of
-        ``protoseg cam``: multi-scale + flip, ReLU, max-normalised), restricted to ``tags`` ``(C,)`` when
-        given. Weakly supervised (CAM) methods only."""
+        """Normalised foreground CAMs ``(C, H, W)`` in [0, 1) per image at the input size (the CAM stage
+        of ``protoseg cam``: multi-scale + flip, ReLU, normalised as the method does: max or min-max),
+        restricted to ``tags`` ``(C,)`` when given. Weakly supervised (CAM) methods only."""
         if self.is_segmentor:
             raise ValueError(
                 f"CAMs come from weakly supervised methods; model.method={self.method_name} is a segmentor: "
@@ -320,7 +317,12 @@ class Model(nn.Module):
         return self._run(
             inputs,
             lambda images: torch.stack(
-                [multiscale_cam(self.network.cams, image, tag_tensor, scales, flip) for image in images]
+                [
+                    multiscale_cam(
+                        self.method.cams, image, tag_tensor, scales, flip, self.method.cam_normalisation
+                    )
+                    for image in images
+                ]
             ),
         )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .fields import argument
+from .ops.inference import TTA_SCALES
 
 
 def _device(name: str) -> torch.device:
@@ -73,6 +74,10 @@ def cmd_make_data(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=lambda done, total: bar.update(1),
         )
+    if args.saliency is not None:
+        from .data.saliency import write_synthetic_saliency
+
+        summary["saliency"] = write_synthetic_saliency(out, quality=args.saliency, seed=args.seed)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
@@ -115,7 +120,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- eval -----------------------------------------------------------------------------------------
-TTA_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -128,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     target = Path(args.target)
     cfg = config_for(target, args.set)
     if args.tta:
-        cfg.eval.scales = cfg.eval.scales if len(cfg.eval.scales) > 1 else TTA_SCALES
+        cfg.eval.scales = cfg.eval.scales if len(cfg.eval.scales) > 1 else list(TTA_SCALES)
         cfg.eval.flip = True
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
@@ -174,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"model.method={cfg.model.method} network: use `protoseg cam` for its CAMs"
         )
     if args.tta:
-        cfg.eval.scales, cfg.eval.flip = TTA_SCALES, True
+        cfg.eval.scales, cfg.eval.flip = list(TTA_SCALES), True
     images = collect_images(args.inputs)
     written = predict_files(
         model, cfg, meta, images, Path(args.out), device, inputs=[args.checkpoint], progress=_progress(args)
@@ -351,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--overwrite", action="store_true", help="write again over a dataset make-data wrote to --out before"
+    )
+    p.add_argument(
+        "--saliency",
+        type=argument(float, minimum=0.0, maximum=1.0),
+        metavar="QUALITY",
+        help="also write synthetic saliency maps (SaliencyMaps/, for EPS) of this quality in [0, 1]",
     )
     p.add_argument("--json", action="store_true", help="print the full summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 INFERENCE_MODES = ("whole", "slide")
+TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+"""The scales of test-time augmentation (``--tta``, ``Model.predict(tta=True)``), each with its flip."""
 
 
 @dataclass(frozen=True)
