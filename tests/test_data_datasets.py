@@ -92,6 +92,8 @@ def test_voc_sample_contents(voc_root):
     assert np.array_equal(sample["mask"].numpy(), voc_mask(1))
     assert sample["tags"].dtype == torch.float32 and sample["tags"].shape == (20,)
     assert sample["tags"].tolist() == expected_tags(voc_mask(1), 21, True)
+    assert sample["index"] == 1 and dataset[-1]["index"] == 1  # the position, for per-image state (OAA)
+    assert sample["frame"].tolist() == [1.0, 0.0, 1.0, 0.0, HEIGHT, WIDTH]  # untransformed: identity
     assert dataset.image_path(1) == voc_root / "JPEGImages" / "2007_000002.jpg"
     image, mask = dataset.load_raw(1)
     assert image.mode == "RGB" and image.size == (WIDTH, HEIGHT) and mask.dtype == np.uint8

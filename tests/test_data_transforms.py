@@ -214,3 +214,53 @@ def test_min_side_resize_and_the_released_training_transforms():
         "RandomCrop",
     ]
     assert isinstance(steps.transforms[3], RandomBrightnessShift)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_frame_maps_each_pixel_to_where_it_came_from(seed):
+    """An extra map holding each pixel's own original coordinates goes through the training transforms;
+    the frame must map every transformed pixel's centre onto the coordinates it carries."""
+    from protoseg.data.transforms import Frame
+
+    height, width = 37, 53
+    transform = build_transforms(
+        train=True,
+        crop_size=(40, 48),
+        scale_range=(0.6, 1.7),
+        flip=True,
+        aspect_range=(0.8, 1.25),
+        min_side=45,
+    )
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    coordinates = torch.stack([ys, xs, torch.ones_like(ys)]).float()
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    frame = Frame(height, width)
+    generator = torch.Generator().manual_seed(seed)
+    _, _, carried = transform(image, None, generator, extra=coordinates, frame=frame)
+    out_y, out_x = torch.meshgrid(
+        torch.arange(carried.shape[1]) + 0.5, torch.arange(carried.shape[2]) + 0.5, indexing="ij"
+    )
+    mapped_y, mapped_x = frame.sy * out_y + frame.oy, frame.sx * out_x + frame.ox
+    # away from the borders, where bilinear resampling clamps the coordinates and padding starts
+    inside = (
+        (carried[2] > 0.999)
+        & (mapped_y > 1.5) & (mapped_y < height - 1.5) & (mapped_x > 1.5) & (mapped_x < width - 1.5)
+    )  # fmt: skip
+    assert inside.sum() > 100
+    assert torch.allclose(carried[0][inside], mapped_y[inside].float(), atol=1e-3)
+    assert torch.allclose(carried[1][inside], mapped_x[inside].float(), atol=1e-3)
+    # padding maps outside the original image
+    padded = carried[2] < 1e-6
+    outside = (mapped_y >= height) | (mapped_x >= width) | (mapped_y < 0) | (mapped_x < 0)
+    assert torch.equal(padded, outside)
+    # the frame does not change the random draws
+    again = transform(image, None, torch.Generator().manual_seed(seed), extra=coordinates)
+    assert torch.equal(again[2], carried)
+
+
+def test_the_frame_of_the_eval_transform_is_the_identity():
+    from protoseg.data.transforms import Frame
+
+    frame = Frame(20, 30)
+    build_transforms(train=False)(np.zeros((20, 30, 3), dtype=np.uint8), None, frame=frame)
+    assert frame.as_tensor().tolist() == [1.0, 0.0, 1.0, 0.0, 20.0, 30.0]

@@ -1,7 +1,9 @@
 """The base class of every segmentation dataset: file lists, validated loading, tags, transforms.
 
 A sample is ``{"image": float32 (3, H, W) normalised, "mask": int64 (H, W) with 255 = ignore,
-"tags": float32 multi-hot (C_fg,) or (C,), "name": image id}``. ``dataset[i]`` (an int) loads
+"tags": float32 multi-hot (C_fg,) or (C,), "name": image id, "index": the sample's position in the
+dataset, "frame": float32 (6,) where the sample's pixels lie in the original image (see
+:class:`~protoseg.data.transforms.Frame`)}``. ``dataset[i]`` (an int) loads
 sample ``i`` with no randomness; ``dataset[(i, sample_seed)]`` (what ``SeededSampler`` yields)
 seeds the training augmentation with ``torch.Generator().manual_seed(sample_seed)``.
 """
@@ -19,7 +21,7 @@ from torch.utils.data import Dataset
 from ..ops.labels import IGNORE_INDEX
 from .saliency import read_saliency
 from .tags import load_tag_file, tags_from_mask
-from .transforms import build_transforms
+from .transforms import Frame, build_transforms
 
 CLS_LABELS_FILE = "cls_labels.npy"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -244,19 +246,22 @@ class SegmentationDataset(Dataset):
         image, mask = self.load_raw(index)
         tags = self.image_tags(index, mask)
         sample = {}
+        frame = Frame(image.height, image.width)
         if self.saliency_dir is not None:
             path = self.saliency_dir / f"{self.names[index]}.png"
             saliency = read_saliency(path, (image.height, image.width), self.image_paths[index])
             image_tensor, mask_tensor, sample["saliency"] = self.transforms(
-                image, mask, generator, extra=torch.from_numpy(saliency)[None]
+                image, mask, generator, extra=torch.from_numpy(saliency)[None], frame=frame
             )
         else:
-            image_tensor, mask_tensor = self.transforms(image, mask, generator)
+            image_tensor, mask_tensor = self.transforms(image, mask, generator, frame=frame)
         return {
             "image": image_tensor,
             "mask": mask_tensor,
             "tags": torch.from_numpy(np.array(tags, dtype=np.float32)),
             "name": self.names[index],
+            "index": index,
+            "frame": frame.as_tensor(),
             **sample,
         }
 

@@ -11,6 +11,10 @@ masks with exact nearest neighbour so both stay on the same pixel grid.
 geometric transforms, resampled bilinearly like the image and padded with 0; the photometric ones
 (``photometric = True``: colour jitter, brightness shift, normalisation) leave it alone. The random
 draws are the same with or without it.
+
+:class:`Frame` records where the pixels of the transformed image come from in the original image (the
+geometric transforms update it when :class:`Compose` is given one): OAA accumulates each image's
+attention maps in the original image's frame across differently augmented views.
 """
 
 from __future__ import annotations
@@ -53,6 +57,42 @@ def to_mask_tensor(mask: Image.Image | np.ndarray | Tensor | None) -> Tensor | N
     return torch.from_numpy(np.array(mask, dtype=np.int64))
 
 
+class Frame:
+    """The original-image coordinates of a transformed image's pixels: ``y0 = sy * y + oy`` and
+    ``x0 = sx * x + ox`` in continuous pixel coordinates (pixel ``i`` spans ``[i, i + 1)``), and the
+    original ``height`` x ``width``. Starts as the identity; the geometric transforms compose their own
+    mapping into it (resize: ``s *= before / after``; horizontal flip of width W: ``ox += sx W``,
+    ``sx = -sx``; crop at ``(top, left)``: ``oy += sy top``, ``ox += sx left``; padding at the bottom /
+    right moves nothing). Pixels that map outside ``[0, height) x [0, width)`` are padding.
+    """
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = int(height), int(width)
+        self.sy, self.oy, self.sx, self.ox = 1.0, 0.0, 1.0, 0.0
+
+    def resize(self, before: Sequence[int], after: Sequence[int]) -> None:
+        self.sy *= before[0] / after[0]
+        self.sx *= before[1] / after[1]
+
+    def flip(self, width: int) -> None:
+        self.ox += self.sx * width
+        self.sx = -self.sx
+
+    def crop(self, top: int, left: int) -> None:
+        self.oy += self.sy * top
+        self.ox += self.sx * left
+
+    def as_tensor(self) -> Tensor:
+        """float32 ``(6,)``: ``[sy, oy, sx, ox, height, width]`` (a sample's ``frame``)."""
+        return torch.tensor(
+            [self.sy, self.oy, self.sx, self.ox, self.height, self.width], dtype=torch.float32
+        )
+
+    def __repr__(self) -> str:
+        mapping = f"y0 = {self.sy:g} y + {self.oy:g}, x0 = {self.sx:g} x + {self.ox:g}"
+        return f"Frame({mapping}, {self.height}x{self.width})"
+
+
 def _uniform(generator: torch.Generator | None, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
@@ -64,14 +104,20 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(
-        self, image, mask=None, generator: torch.Generator | None = None, extra: Tensor | None = None
+        self,
+        image,
+        mask=None,
+        generator: torch.Generator | None = None,
+        extra: Tensor | None = None,
+        frame: Frame | None = None,
     ):
         """``(image, mask)``, or ``(image, mask, extra)`` when ``extra`` (float ``(K, H, W)`` at the
-        image's size) is given."""
+        image's size) is given. ``frame`` (a :class:`Frame` of the input image), when given, is updated
+        in place by the geometric transforms."""
         image, mask = to_image_tensor(image), to_mask_tensor(mask)
         if extra is None:
             for transform in self.transforms:
-                image, mask = transform(image, mask, generator)
+                image, mask = self._apply(transform, image, mask, generator, frame)
             return image, mask
         extra = torch.as_tensor(extra, dtype=torch.float32)
         if extra.dim() != 3 or extra.shape[-2:] != image.shape[-2:]:
@@ -84,9 +130,15 @@ class Compose:
             if getattr(transform, "photometric", False):
                 image, mask = transform(image, mask, generator)
             else:  # resampled, flipped and cropped as extra channels of the image
-                stacked, mask = transform(torch.cat([image, extra]), mask, generator)
+                stacked, mask = self._apply(transform, torch.cat([image, extra]), mask, generator, frame)
                 image, extra = stacked[:channels], stacked[channels:]
         return image, mask, extra
+
+    @staticmethod
+    def _apply(transform, image, mask, generator, frame: Frame | None):
+        if frame is None or getattr(transform, "photometric", False):
+            return transform(image, mask, generator)
+        return transform(image, mask, generator, frame=frame)
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms})"
@@ -112,7 +164,7 @@ class RandomScale:
         self.scale_range = (low, high)
         self.aspect_range = (aspect_low, aspect_high)
 
-    def __call__(self, image, mask=None, generator=None):
+    def __call__(self, image, mask=None, generator=None, frame: Frame | None = None):
         image, mask = to_image_tensor(image), to_mask_tensor(mask)
         scale = _uniform(generator, *self.scale_range)
         height, width = image.shape[-2:]
@@ -123,6 +175,8 @@ class RandomScale:
             size = (max(1, round(height * scale / aspect**0.5)), max(1, round(width * scale * aspect**0.5)))
         if size == (height, width):
             return image, mask
+        if frame is not None:
+            frame.resize((height, width), size)
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         if mask is not None:
             # nearest-exact samples at pixel centres, the same grid as bilinear with align_corners=False
@@ -142,13 +196,15 @@ class ResizeMinSide:
             raise ValueError(f"min_side must be >= 1, got {min_side}")
         self.min_side = int(min_side)
 
-    def __call__(self, image, mask=None, generator=None):
+    def __call__(self, image, mask=None, generator=None, frame: Frame | None = None):
         image, mask = to_image_tensor(image), to_mask_tensor(mask)
         height, width = image.shape[-2:]
         factor = self.min_side / min(height, width)
         size = (max(1, round(height * factor)), max(1, round(width * factor)))
         if size == (height, width):
             return image, mask
+        if frame is not None:
+            frame.resize((height, width), size)
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         if mask is not None:
             mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
@@ -185,9 +241,11 @@ class RandomHorizontalFlip:
     def __init__(self, probability: float = 0.5) -> None:
         self.probability = probability
 
-    def __call__(self, image, mask=None, generator=None):
+    def __call__(self, image, mask=None, generator=None, frame: Frame | None = None):
         image, mask = to_image_tensor(image), to_mask_tensor(mask)
         if float(torch.rand((), generator=generator)) < self.probability:
+            if frame is not None:
+                frame.flip(image.shape[-1])
             image = image.flip(-1)
             mask = mask.flip(-1) if mask is not None else None
         return image, mask
@@ -260,7 +318,7 @@ class RandomCrop:
         self.image_fill = image_fill
         self.ignore_index = ignore_index
 
-    def __call__(self, image, mask=None, generator=None):
+    def __call__(self, image, mask=None, generator=None, frame: Frame | None = None):
         image, mask = to_image_tensor(image), to_mask_tensor(mask)
         crop_height, crop_width = self.size
         height, width = image.shape[-2:]
@@ -276,6 +334,8 @@ class RandomCrop:
             height, width = image.shape[-2:]
         top = int(torch.randint(height - crop_height + 1, (), generator=generator))
         left = int(torch.randint(width - crop_width + 1, (), generator=generator))
+        if frame is not None:
+            frame.crop(top, left)
         image = image[:, top : top + crop_height, left : left + crop_width]
         if mask is not None:
             mask = mask[top : top + crop_height, left : left + crop_width]
