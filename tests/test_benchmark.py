@@ -293,3 +293,18 @@ def test_convolution_gradients_each_cost_the_forwards_flops_grouped_or_not(group
         with FlopCounterMode(display=False) as counter:
             outputs.sum().backward()
         assert counter.get_total_flops() == 2 * forward
+
+
+def test_inference_targets_are_measured_against_each_heads_flop_ratio():
+    from protoseg.benchmark.targets import evaluate_targets
+
+    methods = {
+        "linear": {"ratio": 1.0, "flop_ratio": 1.0},
+        "protoseg": {"ratio": 1.09, "flop_ratio": 1.066},  # 1.09 <= 1.03 * 1.066 = 1.098
+        "contrast": {"ratio": 1.05, "flop_ratio": 1.0},  # 1.05 > 1.03
+    }
+    results = {"inference": {"segmentation": {"baseline": "linear", "methods": methods}}}
+    checks = {c["target"]: c for c in evaluate_targets(results, "cpu")}
+    assert checks["inference protoseg / linear"]["met"] is True
+    assert "1.098" in checks["inference protoseg / linear"]["limit"]
+    assert checks["inference contrast / linear"]["met"] is False
