@@ -36,6 +36,7 @@ SPECIAL_VALUES = {
     ("protoseg", "projection"): ("none", ["model.protoseg.proj_dim=null"]),
     ("ppc", "target_size"): 24,
     ("ppc", "top_k_divisor"): 8,
+    ("oaa", "map_size"): 6,
 }
 # Fields that only act with another one set: (section, field) for every method, or (method, section)
 # for every field of a section
@@ -43,6 +44,7 @@ REQUIRES = {
     ("contrast", "memory_size"): ["model.contrast.use_memory=true"],
     ("contrast", "pixels_per_image"): ["model.contrast.use_memory=true"],
     ("contrast", "memory_temperature"): ["model.contrast.use_memory=true"],
+    ("oaa", "min_probability"): ["model.oaa.filter=probability"],
     # PPC reads the section of the base it is plugged into
     ("ppc", "seam"): ["model.ppc.base=seam"],
     ("ppc", "eps"): ["model.ppc.base=eps"],
@@ -82,7 +84,9 @@ def _batch(method) -> dict:
     mask[:, 32:, :32] = 2
     tags = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
     saliency = torch.rand(2, 1, 64, 64, generator=generator)
-    return {"image": images, "mask": mask, "tags": tags, "saliency": saliency}
+    index = torch.tensor([0, 1])  # OAA: each image's position and where its crop lies in the original
+    frame = torch.tensor([[1.0, 0.0, 1.0, 0.0, 64.0, 64.0], [0.8, 4.0, -0.8, 60.0, 64.0, 64.0]])
+    return {"image": images, "mask": mask, "tags": tags, "saliency": saliency, "index": index, "frame": frame}
 
 
 def _outputs(method) -> dict:

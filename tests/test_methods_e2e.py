@@ -11,7 +11,9 @@ from protoseg.data.shapes import generate_shapes
 from protoseg.engine.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["linear", "protoseg", "contrast", "protoseg_contrast", "wsss_cam", "wsss_ppc", "wsss_rca"]
+CONFIGS = [
+    "linear", "protoseg", "contrast", "protoseg_contrast", "wsss_cam", "wsss_oaa", "wsss_ppc", "wsss_rca"
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,9 @@ def shapes_batch(
         ``"image"`` ``(B, 3, H, W)`` float32 normalised to [-1, 1] (mean = std = 0.5),
         ``"mask"`` ``(B, H, W)`` int64 (255 = ignore), ``"tags"`` ``(B, num_tags)`` float32 multi-hot
         foreground tags (the shapes' 10 tags, zero-padded or cut to ``num_tags``), ``"saliency"``
-        ``(B, 1, H, W)`` float32 synthetic saliency maps (EPS's input, quality 0.7).
+        ``(B, 1, H, W)`` float32 synthetic saliency maps (EPS's input, quality 0.7), ``"index"`` ``(B,)``
+        int64 and ``"frame"`` ``(B, 6)`` float32 (each crop the top-left window of its square render:
+        OAA's inputs).
     """
     if batch_size < 1 or height < 32 or width < 32:
         raise ValueError(
@@ -46,7 +48,10 @@ def shapes_batch(
         tags.append(torch.from_numpy(padded))
         saliency.append(torch.from_numpy(synthetic_saliency(mask, [seed, index], 0.7))[None])
     pixels = torch.stack(images).float().div_(255.0).sub_(0.5).div_(0.5)
+    frame = torch.tensor([1.0, 0.0, 1.0, 0.0, side, side])
     return {
+        "index": torch.arange(batch_size, device=device),
+        "frame": frame.expand(batch_size, -1).contiguous().to(device),
         "image": pixels.to(device),
         "mask": torch.stack(masks).to(device),
         "tags": torch.stack(tags).to(device),

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, config_from_dict, config_to_dict
 from ..data.sampler import SeededSampler
-from ..methods import DatasetInfo, Method, build_method
+from ..methods import DatasetInfo, Method, RunInfo, build_method
 from ..ops.random import generator_states, set_generator_states
 from .amp import amp_settings
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -202,6 +202,17 @@ class Trainer:
                 )
         self.step.module = self._wrap_ddp(self.method)
         self.run.save_config(cfg)
+        # per-run state outside the checkpoint (OAA's accumulated maps) goes into the run folder
+        self.method.attach_run(
+            RunInfo(
+                self.run.path,
+                self.iterations_per_epoch,
+                train.iterations,
+                self.context.rank,
+                self.context.world_size,
+                tuple(getattr(self.train_set, "names", ())),
+            )
+        )
         self.hooks = self._default_hooks()
 
     # -- set-up -----------------------------------------------------------------------------

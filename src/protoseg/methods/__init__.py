@@ -14,6 +14,7 @@ from .base import (
     WEAKLY_SUPERVISED,
     DatasetInfo,
     Method,
+    RunInfo,
     SegmentationMethod,
     ValidationSettings,
     WeaklySupervisedMethod,
@@ -22,6 +23,7 @@ from .cam import CAMConfig, CAMMethod
 from .contrast import ContrastConfig, ContrastMethod
 from .eps import EPSConfig, EPSMethod
 from .linear import LinearConfig, LinearMethod
+from .oaa import OAAConfig, OAAMethod
 from .ppc import BASES, PPCConfig, PPCMethod
 from .protoseg import ProtoSegConfig, ProtoSegMethod
 from .protoseg_contrast import ProtoSegContrastMethod
@@ -39,6 +41,7 @@ METHODS: dict[str, type[Method]] = {
         CAMMethod,
         SEAMMethod,
         EPSMethod,
+        OAAMethod,
         PPCMethod,
         RCAMethod,
     )
@@ -101,6 +104,8 @@ __all__ = [
     "LinearConfig",
     "LinearMethod",
     "Method",
+    "OAAConfig",
+    "OAAMethod",
     "PPCConfig",
     "PPCMethod",
     "ProtoSegConfig",
@@ -108,6 +113,7 @@ __all__ = [
     "ProtoSegMethod",
     "RCAConfig",
     "RCAMethod",
+    "RunInfo",
     "SEAMConfig",
     "SEAMMethod",
     "SegmentationMethod",

@@ -10,7 +10,10 @@ A method is an ``nn.Module`` (so DDP wraps it and its state dict is the checkpoi
   keys of :attr:`Method.inputs`, on the method's device;
 - ``after_step(iteration)``: state updates once the gradients are computed (prototype momentum
   updates, memory writes); the trainer calls it after the optimiser step, on every rank;
-- ``refresh_interval(iterations_per_epoch)`` / ``refresh()``: periodic work (RCA's k-means);
+- ``refresh_interval(iterations_per_epoch)`` / ``refresh()``: periodic work (RCA's k-means, OAA's writes of
+  its accumulated maps);
+- ``attach_run(run)``: the run folder, schedule and rank, before the first step (state kept outside the
+  checkpoint: OAA's accumulated maps in ``RUN/oaa/``);
 - ``validation_labels(batch, settings) -> (B, H, W)``: predicted labels compared with ``batch["mask"]``
   by the validation metric (mIoU for segmentors, CAM-seed mIoU for weakly supervised methods);
 - ``from_config(model, dataset, seed)``: construction from the ``model`` config section, reading every
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -59,6 +63,20 @@ class ValidationSettings:
 
     inference: InferenceSettings = InferenceSettings()
     cam_threshold: float = 0.2
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a training run tells its method before the first step (:meth:`Method.attach_run`): the run
+    ``folder``, ``iterations_per_epoch`` (all ranks together), the schedule's ``iterations``, this process's
+    ``rank`` of ``world_size``, and the training images' names by dataset index."""
+
+    folder: Path
+    iterations_per_epoch: int
+    iterations: int
+    rank: int = 0
+    world_size: int = 1
+    sample_names: tuple[str, ...] = ()
 
 
 class Method(nn.Module):
@@ -120,6 +138,11 @@ class Method(nn.Module):
     def refresh(self, generator: torch.Generator | None = None) -> None:
         """Periodic work, every :meth:`refresh_interval` iterations (nothing by default); random draws
         from ``generator`` (the global RNG when None)."""
+
+    def attach_run(self, run: RunInfo) -> None:
+        """Called by the trainer on every rank before the first step of a run (also a resumed one): where
+        per-run state that is no part of the checkpoint lives (OAA's accumulated maps). Nothing by
+        default."""
 
     def validation_labels(
         self, batch: Mapping[str, torch.Tensor], settings: ValidationSettings

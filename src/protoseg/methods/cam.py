@@ -28,7 +28,7 @@ class CAMMethod(WSSSBase):
     section: ClassVar[tuple[str, type]] = ("cam", CAMConfig)
     reads: ClassVar[tuple[str, ...]] = ("cam",)
 
-    def __init__(self, network: CAMNet, recipe: BaseRecipe | None = None) -> None:
+    def __init__(self, network: torch.nn.Module, recipe: BaseRecipe | None = None) -> None:
         super().__init__(network, recipe)
 
     @classmethod
@@ -37,7 +37,11 @@ class CAMMethod(WSSSBase):
         network = CAMNet(
             build_backbone_from_config(model), cls.output_classes(dataset), proj_dim, dropout=section.dropout
         )
-        return cls(network, recipe_of(section))
+        return cls.wrap(network, model)
+
+    @classmethod
+    def wrap(cls, network: torch.nn.Module, model: Any) -> CAMMethod:
+        return cls(network, recipe_of(model.cam))
 
     def single_view_losses(
         self, batch: Mapping[str, torch.Tensor], view: BaseView

@@ -48,15 +48,15 @@ class EPSMethod(WSSSBase):
 
     def __init__(
         self,
-        network: CAMNet,
+        network: torch.nn.Module,
         recipe: BaseRecipe | None = None,
         tau: float = 0.5,
         lam: float = 0.5,
         saliency_weight: float = 1.0,
     ) -> None:
         super().__init__(network, recipe)
-        if network.cam_activation != "softmax":
-            raise ValueError("EPS infers from softmax CAMs: build its CAMNet with cam_activation='softmax'")
+        if getattr(network, "cam_activation", None) != "softmax":
+            raise ValueError("EPS infers from softmax CAMs: build its network with cam_activation='softmax'")
         self.tau = tau
         self.lam = lam
         self.saliency_weight = saliency_weight
@@ -71,6 +71,11 @@ class EPSMethod(WSSSBase):
             dropout=section.dropout,
             cam_activation="softmax",
         )
+        return cls.wrap(network, model)
+
+    @classmethod
+    def wrap(cls, network: torch.nn.Module, model: Any) -> EPSMethod:
+        section = model.eps
         return cls(network, recipe_of(section), section.tau, section.lam, section.saliency_weight)
 
     def _terms(self, cam: torch.Tensor, saliency: torch.Tensor, tags: torch.Tensor):

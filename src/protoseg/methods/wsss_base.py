@@ -6,7 +6,8 @@ also the part of a plug-in method that is not the plug-in (``model.method: ppc``
 
 - ``build(model, dataset, seed, proj_dim)``: the base with a network whose projector gives ``proj_dim``
   channels (None: no projector), from the ``model`` config (its own section, :class:`BaseRecipe` fields
-  included);
+  included); ``wrap(network, model)``: the base's losses, recipe and tracking around a network a plug-in
+  built (RCA's, whose heads read aggregated features);
 - ``view(images) -> BaseView``: the network's outputs for one view: the raw CAM ``(B, C+1, h, w)``
   (channel 0 = background), the CAM a plug-in takes pseudo labels and prototypes from (SEAM's
   PCM-refined one; the raw CAM otherwise) and the projected features;
@@ -14,7 +15,10 @@ also the part of a plug-in method that is not the plug-in (``model.method: ppc``
   ``pair_losses(batch, source, target, target_images)`` (a plug-in's two views: the source and the
   target view, the source images resized): ``"loss"`` and its detached terms;
 - the release's recipe (:class:`BaseRecipe`): frozen BatchNorm and stem, learning-rate groups, dropout
-  on the features, the optimiser quirk, and how CAM inference normalises.
+  on the features, the optimiser quirk, Nesterov momentum, and how CAM inference normalises;
+- ``track(batch, cams)``: what the base keeps of a step's foreground CAMs beyond its losses (OAA
+  accumulates them per image; nothing for the others), applied in ``after_step`` / ``refresh`` and
+  stored where ``attach_run`` says; a plug-in passes the CAM it infers from and forwards the three calls.
 
 A plug-in holds its base *unregistered* (``base`` is not a submodule) and registers the base's network as
 its own ``network``: every base and plug-in checkpoint keeps the ``network.*`` keys, and the base keeps
@@ -47,6 +51,7 @@ class BaseRecipe:
     lr_groups: str = setting("uniform", choices=LR_GROUP_MODES)  # released: 1x / 2x / 10x / 20x groups
     dropout: float = setting(0.0, minimum=0.0, less_than=1.0)  # Dropout2d on the features (releases: 0.5)
     momentum_is_weight_decay: bool = False  # the releases' PolyOptimizer quirk: SGD momentum = weight decay
+    nesterov: bool = False  # Nesterov momentum in every parameter group (the OAA and RCA releases' SGD)
     cam_normalisation: str = setting("max", choices=CAM_NORMALISATIONS)  # of CAM inference and the seeds
 
 
@@ -93,6 +98,13 @@ class WSSSBase(WeaklySupervisedMethod):
         raise NotImplementedError
 
     @classmethod
+    def wrap(cls, network: nn.Module, model: Any) -> WSSSBase:
+        """The base around ``network`` (built by a plug-in: ``backbone``, ``num_classes``,
+        ``classification_loss(cam, tags)``; EPS also ``cam_activation="softmax"``), from the base's section of
+        the ``model`` config."""
+        raise NotImplementedError(f"the {cls.name} base cannot be put around another network")
+
+    @classmethod
     def from_config(cls, model: Any, dataset: DatasetInfo, seed: int = 0) -> WSSSBase:
         return cls.build(model, dataset, seed, proj_dim=None)
 
@@ -121,6 +133,10 @@ class WSSSBase(WeaklySupervisedMethod):
         the source resized), as a two-view plug-in trains it."""
         raise NotImplementedError
 
+    def track(self, batch: Mapping[str, torch.Tensor], cams: torch.Tensor) -> None:
+        """Keep what the base needs of this step's foreground CAMs ``(B, C, h, w)`` beyond its losses, for
+        :meth:`after_step` (nothing by default; OAA's attention maps)."""
+
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
         return self.single_view_losses(batch, self.view(batch["image"]))
 
@@ -142,17 +158,20 @@ class WSSSBase(WeaklySupervisedMethod):
 
         ``lr_groups: released``: backbone weights at ``lr`` with ``weight_decay``, backbone biases (and
         other 1-d parameters) at ``2 lr`` without; the new layers' weights at ``10 lr`` with, their biases
-        at ``20 lr`` without. ``momentum_is_weight_decay``: every group's SGD momentum is
-        ``weight_decay`` (the releases pass it where SGD expects the momentum).
+        at ``20 lr`` without (a network with ``pretrained_lr_parameters()`` names what counts as the
+        backbone: RCA's release keeps its aggregation layers at 1x / 2x). ``momentum_is_weight_decay``:
+        every group's SGD momentum is ``weight_decay`` (the releases pass it where SGD expects the
+        momentum); ``nesterov``: every group's SGD uses Nesterov momentum.
         """
         recipe = self.recipe
-        if recipe.lr_groups == "uniform" and not recipe.momentum_is_weight_decay:
+        if recipe.lr_groups == "uniform" and not recipe.momentum_is_weight_decay and not recipe.nesterov:
             return None
         trainable = [(name, p) for name, p in self.network.named_parameters() if p.requires_grad]
         if recipe.lr_groups == "uniform":
             groups = [{"params": [p for _, p in trainable], "lr": lr, "weight_decay": weight_decay}]
         else:
-            backbone = {id(p) for p in self.network.backbone.parameters()}
+            pretrained = getattr(self.network, "pretrained_lr_parameters", self.network.backbone.parameters)
+            backbone = {id(p) for p in pretrained()}
             buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
                 key: [] for key in ((True, True), (True, False), (False, True), (False, False))
             }
@@ -169,9 +188,11 @@ class WSSSBase(WeaklySupervisedMethod):
                 for key, params in buckets.items()
                 if params
             ]
-        if recipe.momentum_is_weight_decay:
-            for group in groups:
+        for group in groups:
+            if recipe.momentum_is_weight_decay:
                 group["momentum"] = weight_decay
+            if recipe.nesterov:
+                group["nesterov"] = True
         return groups
 
 
