@@ -165,6 +165,26 @@ def test_ppc_on_each_base_runs_on_cuda_under_amp_without_host_sync(base):
     assert output.device == CUDA and output.shape[:2] == (result["cfg"].train.batch_size, 10)
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.rca.base=oaa", "model.oaa.start_epoch=0"],
+        ["model.rca.base=eps", "data.saliency_dir=unused"],
+        ["model.rca.head=released", "model.rca.query_projection=released", "model.rca.attention=cosine",
+         "model.rca.contrast_reduction=released"],
+    ],
+    ids=["oaa", "eps", "released-parts"],
+)  # fmt: skip
+def test_rca_on_each_base_and_with_the_released_parts_runs_on_cuda_under_amp_without_host_sync(overrides):
+    settings = with_amp("cpu")
+    settings = dataclasses.replace(settings, user_overrides=settings.user_overrides + overrides)
+    result = on_fake_cuda(settings, "rca")
+    check_training_forward(result)
+    assert {"cls", "cls_aux", "contrast", "mixup"} <= set(result["terms"])
+    output = result["output"]
+    assert output.device == CUDA and output.shape[:2] == (result["cfg"].train.batch_size, 10)
+
+
 def test_bfloat16_amp_runs_the_network_in_bfloat16_on_cuda():
     with mock.patch.object(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True):
         result = on_fake_cuda(with_amp("cpu", "bfloat16"), "protoseg")

@@ -48,6 +48,9 @@ REQUIRES = {
     # PPC reads the section of the base it is plugged into
     ("ppc", "seam"): ["model.ppc.base=seam"],
     ("ppc", "eps"): ["model.ppc.base=eps"],
+    # RCA too (model.rca.base)
+    ("rca", "oaa"): ["model.rca.base=oaa"],
+    ("rca", "eps"): ["model.rca.base=eps"],
 }
 
 

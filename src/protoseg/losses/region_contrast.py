@@ -10,6 +10,7 @@ from ..prototypes.region_memory import RegionMemory
 from .memory_contrast import memory_contrast
 
 _GAMMA_CANDIDATES = 16
+REDUCTIONS = ("mean", "released")
 
 
 def sample_gamma(
@@ -75,19 +76,25 @@ class RegionContrastLoss(nn.Module):
     region's partner; the region itself when it has none) and ``mix_weight`` ``(R,)`` (w).
 
     Means run over the regions that are ``valid`` and whose class has >= 1 filled slot (0 when there
-    is none). The release instead sums per-image region means over the batch, so its weight 0.01 at
-    batch size 8 corresponds to about 0.08 here. The memory is read detached; the release draws its
-    partner from a random image and class, which may be the region's own class (or the region itself).
+    is none): ``reduction="mean"``. ``reduction="released"`` is the release's: the mean over each image's
+    counted regions, summed over the images (``images`` gives each region's image), about B times the
+    mean (its weight 0.01 at batch size 8 is about 0.08 of the mean). The memory is read detached; the
+    release draws its partner from a random image and class, which may be the region's own class (or the
+    region itself). ``partner`` / ``mix_weight`` given to :meth:`forward` replace the draws (parity
+    checks against the release's own draws).
     """
 
-    def __init__(self, temperature: float = 0.07, mixup_alpha: float = 8.0) -> None:
+    def __init__(self, temperature: float = 0.07, mixup_alpha: float = 8.0, reduction: str = "mean") -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"RegionContrastLoss: temperature must be > 0, got {temperature}")
         if mixup_alpha < 0:
             raise ValueError(f"RegionContrastLoss: mixup_alpha must be >= 0, got {mixup_alpha}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"RegionContrastLoss: reduction must be one of {REDUCTIONS}, got '{reduction}'")
         self.temperature = temperature
         self.mixup_alpha = mixup_alpha
+        self.reduction = reduction
 
     def forward(
         self,
@@ -96,8 +103,14 @@ class RegionContrastLoss(nn.Module):
         valid: torch.Tensor,
         memory: RegionMemory,
         generator: torch.Generator | None = None,
+        images: torch.Tensor | None = None,
+        partner: torch.Tensor | None = None,
+        mix_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``region_embeddings (R, D)``, ``labels (R,)`` int64, ``valid (R,)`` bool -> dict of scalars."""
+        """``region_embeddings (R, D)``, ``labels (R,)`` int64, ``valid (R,)`` bool -> dict of scalars.
+
+        ``images`` ``(R,)`` int64: each region's image (``reduction="released"`` needs it); ``partner``
+        ``(R,)`` int64 and ``mix_weight`` ``(R,)``: the mixup draws to use instead of drawing them."""
         rows = region_embeddings.shape[0]
         if region_embeddings.dim() != 2 or region_embeddings.shape[1] != memory.dim:
             raise ValueError(
@@ -109,9 +122,16 @@ class RegionContrastLoss(nn.Module):
                 f"RegionContrastLoss: labels {tuple(labels.shape)} and valid {tuple(valid.shape)} "
                 f"must be ({rows},)"
             )
+        if self.reduction == "released" and (images is None or images.shape != (rows,)):
+            raise ValueError(f"RegionContrastLoss: reduction='released' needs images of shape ({rows},)")
+        if (partner is None) != (mix_weight is None):
+            raise ValueError("RegionContrastLoss: give both partner and mix_weight, or neither")
+        draws = None if partner is None else (partner.long(), mix_weight.float())
         # float32 even under autocast (which would run the similarity einsums in half precision)
         with torch.autocast(device_type=region_embeddings.device.type, enabled=False):
-            return self._losses(region_embeddings.float(), labels.long(), valid.bool(), memory, generator)
+            return self._losses(
+                region_embeddings.float(), labels.long(), valid.bool(), memory, generator, images, draws
+            )
 
     def _losses(
         self,
@@ -120,6 +140,8 @@ class RegionContrastLoss(nn.Module):
         valid: torch.Tensor,
         memory: RegionMemory,
         generator: torch.Generator | None,
+        images: torch.Tensor | None = None,
+        draws: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         rows = embeddings.shape[0]
         device = embeddings.device
@@ -136,7 +158,11 @@ class RegionContrastLoss(nn.Module):
 
         counted = valid & class_filled[labels]
         weight = counted.to(embeddings.dtype)
-        weight = weight / weight.sum().clamp_min(1.0)
+        if self.reduction == "released":  # each image's mean, summed over the images
+            same_image = images.unsqueeze(0) == images.unsqueeze(1)
+            weight = weight / (same_image & counted.unsqueeze(0)).sum(dim=1).clamp_min(1).to(weight.dtype)
+        else:
+            weight = weight / weight.sum().clamp_min(1.0)
         if self.mixup_alpha == 0:
             plain = contrast(embeddings, labels, weight)
             return {
@@ -147,14 +173,17 @@ class RegionContrastLoss(nn.Module):
                 "mix_weight": torch.ones(rows, device=device),
             }
 
-        # partner: uniform among eligible regions = argmax of i.i.d. uniform scores over them
-        eligible = (labels.unsqueeze(0) != labels.unsqueeze(1)) & counted.unsqueeze(0)
-        draws = torch.rand(rows, rows, generator=generator, device=device)
-        has_partner = eligible.any(dim=1)
-        partner = draws.masked_fill(~eligible, -1.0).argmax(dim=1)
-        partner = torch.where(has_partner, partner, torch.arange(rows, device=device))
-        mix_weight = sample_beta(self.mixup_alpha, rows, generator, device)
-        mix_weight = torch.where(has_partner, mix_weight, torch.ones_like(mix_weight))
+        if draws is None:
+            # partner: uniform among eligible regions = argmax of i.i.d. uniform scores over them
+            eligible = (labels.unsqueeze(0) != labels.unsqueeze(1)) & counted.unsqueeze(0)
+            scores = torch.rand(rows, rows, generator=generator, device=device)
+            has_partner = eligible.any(dim=1)
+            partner = scores.masked_fill(~eligible, -1.0).argmax(dim=1)
+            partner = torch.where(has_partner, partner, torch.arange(rows, device=device))
+            mix_weight = sample_beta(self.mixup_alpha, rows, generator, device)
+            mix_weight = torch.where(has_partner, mix_weight, torch.ones_like(mix_weight))
+        else:
+            partner, mix_weight = (tensor.to(device) for tensor in draws)
         mixed = mix_weight.unsqueeze(1) * embeddings + (1.0 - mix_weight.unsqueeze(1)) * embeddings[partner]
         # eq. 5: w L(f_hat, l) + (1 - w) L(f_hat, l-), the mixed query contrasted once per target
         mixup = contrast(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 AGGREGATION_MODES = ("paper", "released")
+ATTENTION_SIMILARITIES = ("dot", "cosine")
 
 
 class SemanticAggregation(nn.Module):
@@ -13,7 +15,9 @@ class SemanticAggregation(nn.Module):
 
     ``mode="paper"`` (the paper's non-parametric attention): ``S = softmax(scale * F Q^T)`` over the
     prototypes, ``F' = S Q`` and the output is ``concat(F, F')`` with ``2D`` channels. ``scale``
-    (``attention_scale``) is 1 in the paper.
+    (``attention_scale``) is 1 in the paper; on raw backbone features (norms of tens) the logits then
+    span thousands and the softmax is one-hot. ``attention="cosine"`` takes ``S = softmax(scale *
+    cos(F, Q))`` instead (``scale`` an inverse temperature).
 
     ``mode="released"`` (the authors' code): learnable projections, no softmax, ``D`` output channels::
 
@@ -37,10 +41,15 @@ class SemanticAggregation(nn.Module):
         num_prototypes: int = 10,
         mode: str = "paper",
         attention_scale: float = 1.0,
+        attention: str = "dot",
     ) -> None:
         super().__init__()
         if mode not in AGGREGATION_MODES:
             raise ValueError(f"SemanticAggregation: mode must be one of {AGGREGATION_MODES}, got '{mode}'")
+        if attention not in ATTENTION_SIMILARITIES:
+            raise ValueError(
+                f"SemanticAggregation: attention must be one of {ATTENTION_SIMILARITIES}, got '{attention}'"
+            )
         if dim < 1 or num_classes < 1 or num_prototypes < 1:
             raise ValueError(
                 f"SemanticAggregation: dim, num_classes and num_prototypes must be >= 1, "
@@ -51,6 +60,7 @@ class SemanticAggregation(nn.Module):
         self.num_prototypes = num_prototypes
         self.mode = mode
         self.attention_scale = attention_scale
+        self.attention = attention
         total = num_classes * num_prototypes
         self.register_buffer("prototypes", torch.zeros(total, dim))
         self.register_buffer("prototype_valid", torch.zeros(total, dtype=torch.bool))
@@ -95,7 +105,11 @@ class SemanticAggregation(nn.Module):
         valid = self.prototype_valid.to(features.dtype)
         if self.mode == "paper":
             pixels = features.flatten(2).transpose(1, 2)
-            logits = self.attention_scale * pixels @ prototypes.t()
+            if self.attention == "cosine":
+                similarity = F.normalize(pixels, dim=-1) @ F.normalize(prototypes, dim=-1).t()
+                logits = self.attention_scale * similarity
+            else:
+                logits = self.attention_scale * pixels @ prototypes.t()
             logits = logits.masked_fill(~self.prototype_valid, torch.finfo(logits.dtype).min)
             # with no valid prototype the softmax is uniform over masked entries; zeroing them gives F' = 0
             attention = logits.softmax(dim=-1) * valid
