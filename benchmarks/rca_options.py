@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from shapes_results import protoseg_command, run  # noqa: E402
+from shapes_results import finished, protoseg_command, run  # noqa: E402
+
+ITERATIONS = 400  # the 96-px configs' schedule
+THRESHOLDS = "0.05:0.8:0.05"  # wider than shapes_results' 0.6: accumulated maps peak higher
 
 EFFICIENTNET_DIM = 320  # channels of tf_efficientnet_lite0's last level: D of the aggregation
 RELEASED = [
@@ -37,6 +41,12 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     # name: (config under configs/shapes, overrides, seeds from: "cam" inference or "oaa" maps)
     "cam": ("wsss_cam", [], "cam"),
     "oaa": ("wsss_oaa", [], "oaa"),
+    "oaa_probability": ("wsss_oaa", ["model.oaa.filter=probability"], "oaa"),
+    "oaa_probability_start0": (
+        "wsss_oaa",
+        ["model.oaa.filter=probability", "model.oaa.start_epoch=0"],
+        "oaa",
+    ),
     "rca": ("wsss_rca", [], "cam"),
     "rca_dot_rsqrt": ("wsss_rca", [f"model.rca.attention_scale={EFFICIENTNET_DIM**-0.5:.4f}"], "cam"),
     "rca_cosine_10": ("wsss_rca", ["model.rca.attention=cosine", "model.rca.attention_scale=10.0"], "cam"),
@@ -57,7 +67,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 def chain(name: str, data: str, out: Path, seed: int) -> dict:
     config, overrides, source = VARIANTS[name]
     run_dir = out / f"{name}_s{seed}"
-    record = run_dir / "seeds.json"
+    record = run_dir / f"seeds_{THRESHOLDS.replace(':', '-')}.json"
     if record.is_file():
         return json.loads(record.read_text())
     log = out / f"{name}_s{seed}.log"
@@ -68,18 +78,22 @@ def chain(name: str, data: str, out: Path, seed: int) -> dict:
     for item in [f"data.root={data}", "data.num_workers=1", f"train.seed={seed}", *overrides]:
         command += ["--set", item]
     started = time.perf_counter()
-    run(command, log)
+    if not finished(run_dir, ITERATIONS):  # a finished run (another sweep of its seeds) is kept
+        run(command, log)
     trained = time.perf_counter() - started
     cams = run_dir / "cams"
+    maps = None  # OAA: images and tagged classes without an accumulated map
     if source == "oaa":
-        run([sys.executable, str(ROOT / "benchmarks/oaa_cams.py"), str(run_dir), "--out", str(cams),
-             "--no-progress", "--set", f"data.root={data}"], log)  # fmt: skip
+        shutil.rmtree(cams, ignore_errors=True)  # written afresh, so that the summary counts every image
+        output = run([sys.executable, str(ROOT / "benchmarks/oaa_cams.py"), str(run_dir), "--out", str(cams),
+                      "--no-progress", "--set", f"data.root={data}"], log)  # fmt: skip
+        maps = json.loads(output.strip().splitlines()[-1])
     else:
         run(protoseg_command("cam", str(run_dir), "--split", "train", "--out", str(cams), "--scales", "1.0",
                              "1.5", "--no-progress", "--set", f"data.root={data}"), log)  # fmt: skip
     output = run(
         protoseg_command("seeds-eval", str(cams), "--data", data, "--split", "train", "--thresholds",
-                         "0.05:0.6:0.05", "--json"),
+                         THRESHOLDS, "--json"),
         log,
     )  # fmt: skip
     seeds = json.loads(output.strip().splitlines()[-1])
@@ -91,6 +105,7 @@ def chain(name: str, data: str, out: Path, seed: int) -> dict:
         "overrides": overrides,
         "seed_mIoU": seeds["best_metrics"]["mIoU"],
         "seed_threshold": seeds["best_threshold"],
+        "oaa_maps": maps,
         "seconds_per_iter": sum(r["seconds_per_iter"] for r in train_records) / max(1, len(train_records)),
         "train_seconds": trained,
     }
