@@ -37,11 +37,14 @@ RELEASED = [
     "model.rca.query_projection=released",
     "model.rca.contrast_reduction=released",
 ]
+COSINE = ["model.rca.attention=cosine", "model.rca.attention_scale=10.0"]
+OAA_AS_CAM = ["model.oaa.lr_groups=uniform", "model.oaa.nesterov=false"]  # wsss_rca.yaml's recipe
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     # name: (config under configs/shapes, overrides, seeds from: "cam" inference or "oaa" maps)
     "cam": ("wsss_cam", [], "cam"),
     "oaa": ("wsss_oaa", [], "oaa"),
     "oaa_probability": ("wsss_oaa", ["model.oaa.filter=probability"], "oaa"),
+    "oaa_map16": ("wsss_oaa", ["model.oaa.map_size=16"], "oaa"),
     "oaa_probability_start0": (
         "wsss_oaa",
         ["model.oaa.filter=probability", "model.oaa.start_epoch=0"],
@@ -49,16 +52,29 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     ),
     "rca": ("wsss_rca", [], "cam"),
     "rca_dot_rsqrt": ("wsss_rca", [f"model.rca.attention_scale={EFFICIENTNET_DIM**-0.5:.4f}"], "cam"),
-    "rca_cosine_10": ("wsss_rca", ["model.rca.attention=cosine", "model.rca.attention_scale=10.0"], "cam"),
+    "rca_cosine_10": ("wsss_rca", COSINE, "cam"),
     "rca_aggregation_released": ("wsss_rca", ["model.rca.aggregation=released"], "cam"),
     "rca_mask_released": ("wsss_rca", ["model.rca.region_mask=released"], "cam"),
     "rca_head_released": ("wsss_rca", ["model.rca.head=released"], "cam"),
     "rca_query_released": ("wsss_rca", ["model.rca.query_projection=released"], "cam"),
     "rca_reduction_released": ("wsss_rca", ["model.rca.contrast_reduction=released"], "cam"),
     "rca_all_released": ("wsss_rca", RELEASED, "cam"),
-    "rca_oaa": (
+    "rca_cosine_10_query_released": ("wsss_rca", [*COSINE, "model.rca.query_projection=released"], "cam"),
+    "rca_oaa": ("wsss_rca", ["model.rca.base=oaa", *OAA_AS_CAM], "oaa"),
+    "rca_oaa_probability_start0": (
         "wsss_rca",
-        ["model.rca.base=oaa", "model.oaa.lr_groups=uniform", "model.oaa.nesterov=false"],
+        ["model.rca.base=oaa", *OAA_AS_CAM, "model.oaa.filter=probability", "model.oaa.start_epoch=0"],
+        "oaa",
+    ),
+    "rca_oaa_cosine_10_probability_start0": (
+        "wsss_rca",
+        [
+            "model.rca.base=oaa",
+            *OAA_AS_CAM,
+            "model.oaa.filter=probability",
+            "model.oaa.start_epoch=0",
+            *COSINE,
+        ],
         "oaa",
     ),
 }

@@ -9,6 +9,8 @@ masks, evaluated on the real val masks).
     python benchmarks/shapes_results.py --out runs/results_1600 --iterations 1600 --only linear ...
     python benchmarks/shapes_results.py --out runs/wsss --seeds 0 1 2 --jobs 1 \
         --only wsss_cam wsss_seam wsss_eps wsss_ppc_cam wsss_ppc_seam wsss_ppc_eps
+    python benchmarks/shapes_results.py --out runs/wsss --seeds 0 1 2 --jobs 1 \
+        --only wsss_oaa wsss_rca_cam wsss_rca_oaa wsss_rca_eps
 
 ``--iterations N`` runs every selected training for N iterations instead of the configs' 400
 (validation every N / 4), for the longer-schedule table. ``--seeds`` runs each row once per seed
@@ -16,10 +18,12 @@ masks, evaluated on the real val masks).
 deviation over the seeds. Finished runs (their last validation in ``metrics.jsonl``) and finished
 WSSS chains (``chain.json``) are reused, so an interrupted invocation continues where it stopped.
 
-WSSS rows ``wsss_<base>`` and ``wsss_ppc_<base>`` (base ``cam``, ``seam``, ``eps``) use the 224-px setting
-of ``configs/shapes/wsss224`` on ``--wsss-data`` (written when missing: 224-px shapes, 500 / 100
-images, synthetic saliency maps of quality 0.7); ``wsss96_*`` rows the 96-px setting of
-``configs/shapes/wsss_*.yaml`` on ``--data``.
+WSSS rows ``wsss_<base>`` (base ``cam``, ``seam``, ``eps``, ``oaa``), ``wsss_ppc_<base>`` and
+``wsss_rca_<base>`` (RCA on ``cam``, ``oaa``, ``eps``) use the 224-px setting of ``configs/shapes/wsss224``
+on ``--wsss-data`` (written when missing: 224-px shapes, 500 / 100 images, synthetic saliency maps of
+quality 0.7); ``wsss96_*`` rows the 96-px setting of
+``configs/shapes/wsss_*.yaml`` on ``--data``. The OAA rows (``wsss_oaa``, ``wsss_rca_oaa``) take their seeds
+from the accumulated maps of stage 1 (``benchmarks/oaa_cams.py``) instead of ``protoseg cam``.
 
 Two job streams run side by side (one thread each; ``--jobs 1`` for one); the table is printed at the
 end and written to ``OUT/results.md`` / ``OUT/results.json``.
@@ -72,7 +76,11 @@ WSSS: dict[str, tuple[str, str, list[str], str]] = {
     # name: (stage-1 config, dataset (wsss: --wsss-data, shapes: --data), CAM scales, stage-2 config)
     **{
         f"wsss_{method}": (f"wsss224/{method}", "wsss", ["1.0"], "wsss224/stage2")
-        for method in ("cam", "seam", "eps", "ppc_cam", "ppc_seam", "ppc_eps")
+        for method in (
+            *("cam", "seam", "eps", "oaa"),
+            *("ppc_cam", "ppc_seam", "ppc_eps"),
+            *("rca_cam", "rca_oaa", "rca_eps"),
+        )
     },
     "wsss96_cam": ("wsss_cam", "shapes", ["1.0", "1.5"], "wsss_stage2"),
     "wsss96_ppc": ("wsss_ppc", "shapes", ["1.0", "1.5"], "wsss_stage2"),
@@ -80,6 +88,8 @@ WSSS: dict[str, tuple[str, str, list[str], str]] = {
 }
 WSSS["wsss_ppc_cam"] = ("wsss224/ppc", "wsss", ["1.0"], "wsss224/stage2")
 SALIENCY_QUALITY = 0.7
+ACCUMULATED_SEEDS = {"wsss_oaa", "wsss_rca_oaa"}
+"""Rows whose CAM files are OAA's accumulated maps (benchmarks/oaa_cams.py), not ``protoseg cam``'s."""
 
 
 def protoseg_command(*args: str) -> list[str]:
@@ -164,13 +174,20 @@ def wsss_chain(name: str, data: str, out: Path, seed: int = 0) -> dict:
     seconds = train(config, run_dir, data, seed_set + saliency, log)
     cams = run_dir / "cams"
     cam_started = time.perf_counter()
-    run(
-        protoseg_command(
-            "cam", str(run_dir), "--split", "train", "--out", str(cams), "--scales", *scales,
-            "--no-progress", "--set", f"data.root={data}",
-        ),
-        log,
-    )  # fmt: skip
+    if name in ACCUMULATED_SEEDS:
+        run(
+            [sys.executable, str(ROOT / "benchmarks/oaa_cams.py"), str(run_dir), "--out", str(cams),
+             "--no-progress", "--set", f"data.root={data}"],
+            log,
+        )  # fmt: skip
+    else:
+        run(
+            protoseg_command(
+                "cam", str(run_dir), "--split", "train", "--out", str(cams), "--scales", *scales,
+                "--no-progress", "--set", f"data.root={data}",
+            ),
+            log,
+        )  # fmt: skip
     cam_seconds = time.perf_counter() - cam_started
     seeds = json.loads(
         run(
