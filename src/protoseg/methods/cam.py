@@ -20,7 +20,33 @@ class CAMConfig(BaseRecipe):
     normalisation)."""
 
 
-class CAMMethod(WSSSBase):
+class ClassificationLosses:
+    """The plain CAM network's losses as a base (``CAMMethod``, and ``OAAMethod``, which trains the same
+    network): ``cls``, the multilabel soft margin loss on GAP of the foreground CAM; on two views, the
+    mean of both."""
+
+    def single_view_losses(
+        self, batch: Mapping[str, torch.Tensor], view: BaseView
+    ) -> dict[str, torch.Tensor]:
+        classification = self.network.classification_loss(view.cam, batch["tags"])
+        return {"loss": classification, "cls": classification.detach()}
+
+    def pair_losses(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        source: BaseView,
+        target: BaseView,
+        target_images: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        tags = batch["tags"]
+        classification = 0.5 * (
+            self.network.classification_loss(source.cam, tags)
+            + self.network.classification_loss(target.cam, tags)
+        )
+        return {"loss": classification, "cls": classification.detach()}
+
+
+class CAMMethod(ClassificationLosses, WSSSBase):
     """Plain CAM training: ``loss = cls``, the multilabel soft margin loss on GAP(foreground CAM); on two
     views (a plug-in's) the mean of both views' ``cls``."""
 
@@ -43,22 +69,3 @@ class CAMMethod(WSSSBase):
     def wrap(cls, network: torch.nn.Module, model: Any) -> CAMMethod:
         return cls(network, recipe_of(model.cam))
 
-    def single_view_losses(
-        self, batch: Mapping[str, torch.Tensor], view: BaseView
-    ) -> dict[str, torch.Tensor]:
-        classification = self.network.classification_loss(view.cam, batch["tags"])
-        return {"loss": classification, "cls": classification.detach()}
-
-    def pair_losses(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        source: BaseView,
-        target: BaseView,
-        target_images: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        tags = batch["tags"]
-        classification = 0.5 * (
-            self.network.classification_loss(source.cam, tags)
-            + self.network.classification_loss(target.cam, tags)
-        )
-        return {"loss": classification, "cls": classification.detach()}

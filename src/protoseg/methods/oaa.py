@@ -25,7 +25,8 @@ from ..ops.image_frame import to_image_grid
 from ..ops.oaa import OAA_FILTERS, attention_maps, passes_filter, quantise
 from ..prototypes.attention_store import AttentionStore
 from .base import DatasetInfo, RunInfo, build_backbone_from_config
-from .wsss_base import LR_GROUP_MODES, BaseRecipe, BaseView, WSSSBase, recipe_of
+from .cam import ClassificationLosses
+from .wsss_base import LR_GROUP_MODES, BaseRecipe, WSSSBase, recipe_of
 
 OAA_FOLDER = "oaa"
 DETACHED_BACKLOG = 64
@@ -45,7 +46,7 @@ class OAAConfig(BaseRecipe):
     map_size: int | None = setting(None, minimum=1)  # side of the maps' grid; None: the training CAM's size
 
 
-class OAAMethod(WSSSBase):
+class OAAMethod(ClassificationLosses, WSSSBase):
     """CAM training (``loss = cls``) with online attention accumulation.
 
     Args:
@@ -111,27 +112,6 @@ class OAAMethod(WSSSBase):
         classes = cls.output_classes(dataset)
         network = CAMNet(build_backbone_from_config(model), classes, proj_dim, dropout=model.oaa.dropout)
         return cls.wrap(network, model)
-
-    # -- losses (the plain CAM's) -------------------------------------------------------------------
-    def single_view_losses(
-        self, batch: Mapping[str, torch.Tensor], view: BaseView
-    ) -> dict[str, torch.Tensor]:
-        classification = self.network.classification_loss(view.cam, batch["tags"])
-        return {"loss": classification, "cls": classification.detach()}
-
-    def pair_losses(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        source: BaseView,
-        target: BaseView,
-        target_images: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        tags = batch["tags"]
-        classification = 0.5 * (
-            self.network.classification_loss(source.cam, tags)
-            + self.network.classification_loss(target.cam, tags)
-        )
-        return {"loss": classification, "cls": classification.detach()}
 
     def forward(self, batch: Mapping[str, torch.Tensor], iteration: int = 0) -> dict[str, torch.Tensor]:
         view = self.view(batch["image"])
