@@ -175,19 +175,10 @@ def wsss_chain(name: str, data: str, out: Path, seed: int = 0) -> dict:
     cams = run_dir / "cams"
     cam_started = time.perf_counter()
     if name in ACCUMULATED_SEEDS:
-        run(
-            [sys.executable, str(ROOT / "benchmarks/oaa_cams.py"), str(run_dir), "--out", str(cams),
-             "--no-progress", "--set", f"data.root={data}"],
-            log,
-        )  # fmt: skip
+        writer = [sys.executable, str(ROOT / "benchmarks/oaa_cams.py"), str(run_dir)]
     else:
-        run(
-            protoseg_command(
-                "cam", str(run_dir), "--split", "train", "--out", str(cams), "--scales", *scales,
-                "--no-progress", "--set", f"data.root={data}",
-            ),
-            log,
-        )  # fmt: skip
+        writer = protoseg_command("cam", str(run_dir), "--split", "train", "--scales", *scales)
+    run([*writer, "--out", str(cams), "--no-progress", "--set", f"data.root={data}"], log)
     cam_seconds = time.perf_counter() - cam_started
     seeds = json.loads(
         run(
