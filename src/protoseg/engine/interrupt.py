@@ -57,7 +57,11 @@ class StopRequest:
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         if self.signal_number:
-            raise KeyboardInterrupt
+            # a second Ctrl-C aborts at once; a repeated SIGTERM does not (a DDP rank can get one from
+            # its parent-death signal and one from its supervisor, and must still save)
+            if number == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.signal_number = number
 
     def __enter__(self) -> StopRequest:
