@@ -36,6 +36,8 @@ VARIANTS = {
     "protoseg (mlp, none)": ("protoseg", ["model.protoseg.projection_norm=none"]),
     "protoseg (mlp, batch)": ("protoseg", ["model.protoseg.projection_norm=batch"]),
     "protoseg (mlp, released)": ("protoseg", ["model.protoseg.projection_norm=released"]),
+    "protoseg (mlp, spatial_rms)": ("protoseg", ["model.protoseg.projection_norm=spatial_rms"]),
+    "protoseg (mlp, batch_rms)": ("protoseg", ["model.protoseg.projection_norm=batch_rms"]),
     "protoseg (released head)": (
         "protoseg",
         [

@@ -254,10 +254,12 @@ def reference_projection_norm(mode: str, projected: torch.Tensor) -> torch.Tenso
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
         out = (x - mean) / (var + 1e-5).sqrt()
+    if mode == "batch_rms":  # training mode: mean square over images and pixels, no centring
+        out = x / (x.pow(2).mean(dim=(0, 2, 3), keepdim=True) + 1e-5).sqrt()
     return out
 
 
-@pytest.mark.parametrize("mode", ["none", "released", "batch", "instance", "spatial_rms"])
+@pytest.mark.parametrize("mode", ["none", "released", "batch", "instance", "spatial_rms", "batch_rms"])
 def test_projection_norms_match_float64_references(mode):
     from protoseg.models.heads.protoseg import ProjectionNorm
 
@@ -272,7 +274,13 @@ def test_the_batch_normalised_head_is_resolution_independent_at_inference_and_th
     """At inference the default head embeds each pixel alone (running statistics); the release's
     width-axis L2 makes a pixel's embedding depend on the other pixels of its row."""
     features = torch.randn(1, IN_CHANNELS, 8, 12)
-    for mode, independent in (("batch", True), ("released", False)):
+    for mode, independent in (
+        ("batch", True),
+        ("batch_rms", True),
+        ("released", False),
+        ("spatial_rms", False),
+        ("instance", False),
+    ):
         head = make_head(projection_norm=mode)
         head.train()
         head(torch.randn(4, IN_CHANNELS, 8, 12))  # some running statistics
@@ -280,6 +288,27 @@ def test_the_batch_normalised_head_is_resolution_independent_at_inference_and_th
         whole = head.embed(features).view(8, 12, -1)
         left = head.embed(features[..., :6]).view(8, 6, -1)
         assert torch.allclose(whole[:, :6], left, atol=1e-6) == independent, mode
+
+
+def test_batch_rms_keeps_a_running_mean_square_and_uses_it_at_inference():
+    from protoseg.models.heads.protoseg import ProjectionNorm
+
+    norm = ProjectionNorm("batch_rms", 3).train()
+    first, second = torch.randn(4, 3, 5, 5) * 2, torch.randn(2, 3, 7, 3) + 1
+    norm(first)
+    norm(second)
+    expected = torch.ones(3, dtype=torch.float64)
+    for batch in (first, second):  # running = 0.9 * running + 0.1 * batch mean square
+        expected = 0.9 * expected + 0.1 * batch.double().pow(2).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(norm.running_mean_square.double(), expected, atol=1e-6, rtol=1e-6)
+    norm.eval()
+    probe = torch.randn(1, 3, 4, 4)
+    torch.testing.assert_close(
+        norm(probe).double(), probe.double() / (expected + 1e-5).sqrt().view(1, 3, 1, 1), atol=1e-6, rtol=1e-6
+    )
+    before = norm.running_mean_square.clone()
+    norm(probe)
+    assert torch.equal(norm.running_mean_square, before)  # inference does not update it
 
 
 def test_protoseg_default_normalises_the_projection_with_batch_norm():

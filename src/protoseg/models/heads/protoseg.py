@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 PROJECTIONS = ("mlp", "none")
-PROJECTION_NORMS = ("none", "released", "batch", "instance", "spatial_rms")
+PROJECTION_NORMS = ("none", "released", "batch", "instance", "spatial_rms", "batch_rms")
 
 
 class ProjectionNorm(nn.Module):
@@ -38,7 +38,13 @@ class ProjectionNorm(nn.Module):
     - ``spatial_rms``: per image and channel, divided by the root mean square over the image's
       pixels (the released rescaling, over all pixels instead of one row and as a mean, so that it
       does not grow with the image size).
+    - ``batch_rms``: per channel divided by the root mean square over the batch's pixels in training
+      and by a running mean square at inference (momentum 0.1, like BatchNorm): ``spatial_rms``'s
+      rescaling without centring, with BatchNorm's per-pixel inference.
     """
+
+    RUNNING_MOMENTUM = 0.1  # of batch_rms's running mean square (BatchNorm's default)
+    EPSILON = 1e-5  # of batch_rms (BatchNorm's default)
 
     def __init__(self, mode: str, channels: int) -> None:
         super().__init__()
@@ -46,6 +52,8 @@ class ProjectionNorm(nn.Module):
             raise ValueError(f"ProjectionNorm mode must be one of {PROJECTION_NORMS}, got '{mode}'")
         self.mode = mode
         self.batch_norm = nn.BatchNorm2d(channels) if mode == "batch" else None
+        if mode == "batch_rms":
+            self.register_buffer("running_mean_square", torch.ones(channels))
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}"
@@ -60,7 +68,19 @@ class ProjectionNorm(nn.Module):
         if self.mode == "spatial_rms":
             mean_square = features.float().pow(2).mean(dim=(2, 3), keepdim=True)
             return features * torch.rsqrt(mean_square + 1e-12).to(features.dtype)
+        if self.mode == "batch_rms":
+            return self._batch_rms(features)
         return features
+
+    def _batch_rms(self, features: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean_square = features.float().pow(2).mean(dim=(0, 2, 3))
+            with torch.no_grad():
+                self.running_mean_square.lerp_(mean_square.detach(), self.RUNNING_MOMENTUM)
+        else:
+            mean_square = self.running_mean_square
+        scale = torch.rsqrt(mean_square + self.EPSILON).to(features.dtype)
+        return features * scale.view(1, -1, 1, 1)
 
 
 PROTO_IGNORE_INDEX = -1
