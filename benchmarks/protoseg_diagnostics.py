@@ -16,7 +16,7 @@ validation images (eval mode):
   ``classes_moved``: of how many classes.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/protoseg_diagnostics.py --data data/shapes \\
-        --out runs/diagnostics --norms none released batch instance spatial_rms --iterations 200
+        --out runs/diagnostics --norms none released batch instance spatial_rms batch_rms --iterations 200
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="data/shapes")
     parser.add_argument("--out", default="runs/protoseg_diagnostics")
     parser.add_argument(
-        "--norms", nargs="+", default=["none", "released", "batch", "instance", "spatial_rms"]
+        "--norms", nargs="+", default=["none", "released", "batch", "instance", "spatial_rms", "batch_rms"]
     )
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--at", type=int, nargs="+", default=[1, 5, 10, 25, 50, 100, 200])

@@ -270,9 +270,10 @@ def test_projection_norms_match_float64_references(mode):
     )
 
 
-def test_the_batch_normalised_head_is_resolution_independent_at_inference_and_the_released_is_not():
-    """At inference the default head embeds each pixel alone (running statistics); the release's
-    width-axis L2 makes a pixel's embedding depend on the other pixels of its row."""
+def test_running_statistics_norms_embed_each_pixel_alone_at_inference_and_the_per_image_ones_do_not():
+    """At inference the running-statistics heads (``batch``, ``batch_rms``) embed each pixel alone; the
+    release's width-axis L2 makes a pixel's embedding depend on the other pixels of its row, and
+    ``spatial_rms`` / ``instance`` on the other pixels of its image (or sliding window)."""
     features = torch.randn(1, IN_CHANNELS, 8, 12)
     for mode, independent in (
         ("batch", True),
@@ -311,8 +312,11 @@ def test_batch_rms_keeps_a_running_mean_square_and_uses_it_at_inference():
     assert torch.equal(norm.running_mean_square, before)  # inference does not update it
 
 
-def test_protoseg_default_normalises_the_projection_with_batch_norm():
+def test_protoseg_default_normalises_the_projection_by_its_spatial_rms():
+    """The default (docs/methods.md section 1): each channel of each image divided by its RMS over
+    the image's pixels, no parameters; the method's config default is the head's."""
+    from protoseg.methods.protoseg import ProtoSegConfig
+
     head = ProtoSegHead(IN_CHANNELS, NUM_CLASSES)
-    assert head.projection_norm.mode == "batch" and isinstance(
-        head.projection_norm.batch_norm, torch.nn.BatchNorm2d
-    )
+    assert head.projection_norm.mode == "spatial_rms" == ProtoSegConfig().projection_norm
+    assert not list(head.projection_norm.parameters()) and not list(head.projection_norm.buffers())
