@@ -2,10 +2,11 @@
 
 The head of methods.md adds a projection MLP (1x1 conv Cin -> Cin, ReLU, 1x1 conv Cin -> D) before the
 prototype matmul, then a normalisation of the projected features (``model.protoseg.projection_norm``:
-``spatial_rms`` by default, ``none`` the paper's, ``released`` the release's width-axis L2), and the release's
-head a 3x3 ``cls_head`` before it; ``model.protoseg.projection=none`` embeds the decoder features
-directly. This script times inference (``Segmentor.predict``) and the training step of the chosen
-variants in the same interleaved rounds, with each one's FLOPs and its time ratio to the linear head:
+``batch`` by default, ``spatial_rms`` in the shapes config, ``none`` the paper's, ``released`` the
+release's width-axis L2), and the release's head a 3x3 ``cls_head`` before it;
+``model.protoseg.projection=none`` embeds the decoder features directly. This script times inference
+(``Segmentor.predict``) and the training step of the chosen variants in the same interleaved rounds,
+with each one's FLOPs and its time ratio to the linear head:
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/protoseg_projection.py --repeats 30
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/protoseg_projection.py --variants linear \

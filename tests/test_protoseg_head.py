@@ -312,11 +312,10 @@ def test_batch_rms_keeps_a_running_mean_square_and_uses_it_at_inference():
     assert torch.equal(norm.running_mean_square, before)  # inference does not update it
 
 
-def test_protoseg_default_normalises_the_projection_by_its_spatial_rms():
-    """The default (docs/methods.md section 1): each channel of each image divided by its RMS over
-    the image's pixels, no parameters; the method's config default is the head's."""
+def test_protoseg_default_normalises_the_projection_with_batch_norm():
+    """The library default (docs/methods.md section 1); the method's config default is the head's."""
     from protoseg.methods.protoseg import ProtoSegConfig
 
     head = ProtoSegHead(IN_CHANNELS, NUM_CLASSES)
-    assert head.projection_norm.mode == "spatial_rms" == ProtoSegConfig().projection_norm
-    assert not list(head.projection_norm.parameters()) and not list(head.projection_norm.buffers())
+    assert head.projection_norm.mode == "batch" == ProtoSegConfig().projection_norm
+    assert isinstance(head.projection_norm.batch_norm, torch.nn.BatchNorm2d)

@@ -22,9 +22,10 @@ class ProtoSegConfig:
     num_prototypes: int = setting(10, minimum=1)  # K per class
     proj_dim: int | None = setting(None, minimum=1)  # D; None: the decoder's channels (the paper's D = Cin)
     projection: str = setting("mlp", choices=PROJECTIONS)  # mlp (paper) | none (embed decoder features)
-    # normalisation of the projected features (docs/methods.md): spatial_rms (protoseg, chosen by measurement)
-    # | released (the release's L2 over the width axis) | batch | batch_rms | instance | none
-    projection_norm: str = setting("spatial_rms", choices=PROJECTION_NORMS)
+    # normalisation of the projected features (docs/methods.md): batch (trains from the first steps on every
+    # backbone tried) | spatial_rms (ahead at long schedules; configs/shapes/protoseg.yaml) | released (the
+    # release's L2 over the width axis) | batch_rms | instance | none
+    projection_norm: str = setting("batch", choices=PROJECTION_NORMS)
     cls_head: bool = False  # the released 3x3 conv + BN + ReLU + Dropout2d(0.1) before the projection
     momentum: float = setting(0.999, minimum=0.0, maximum=1.0)  # gamma of the prototype update
     assignment: str = setting("argmax", choices=ASSIGNMENTS)  # gumbel: the released random update

@@ -153,7 +153,7 @@ class ProtoSegHead(nn.Module):
         generator: torch.Generator | None = None,
         init: str = "random",
         projection: str = "mlp",
-        projection_norm: str = "spatial_rms",
+        projection_norm: str = "batch",
         cls_head: bool = False,
     ) -> None:
         super().__init__()
