@@ -26,23 +26,25 @@ from protoseg.methods import ProtoSegMethod
 from protoseg.models.heads.protoseg import PROJECTION_NORMS
 
 
-def colour_blobs() -> dict[str, torch.Tensor]:
-    """The two images of tests/test_integrations.py: ``image`` (2, 3, 64, 64), ``mask`` (2, 64, 64)."""
+def colour_blobs(noise_seed: int = 1) -> dict[str, torch.Tensor]:
+    """Two 64 x 64 images whose classes are colour blobs, learnable in a few steps (also the images of
+    tests/test_integrations.py): ``image`` (2, 3, 64, 64), ``mask`` (2, 64, 64)."""
     masks = torch.zeros(2, 64, 64, dtype=torch.long)
     masks[0, 8:40, 8:40] = 1
     masks[1, 24:60, 20:52] = 2
-    masks[:, :4] = 255
+    masks[:, :4] = 255  # ignored rows
     colours = torch.tensor([[-1.0, -1.0, -1.0], [1.5, -0.5, 0.0], [0.0, 1.0, -1.5]])
-    noise = 0.3 * torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    noise = 0.3 * torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(noise_seed))
     return {"image": colours[masks.clamp_max(2)].permute(0, 3, 1, 2) + noise, "mask": masks}
 
 
 class EarlyTraining(NamedTuple):
     """The trained segmentor, the first step after which every foreground prototype had moved (None:
-    never) and the loss of every step."""
+    never), how far each prototype moved in all ``(C, K)`` and the loss of every step."""
 
     network: torch.nn.Module
     all_moved: int | None
+    moved: torch.Tensor
     losses: list[float]
 
 
@@ -70,7 +72,7 @@ def train(architecture: str, norm: str | None, seed: int, iterations: int) -> Ea
         moved = (network.head.bank.prototypes - before).norm(dim=-1)
         if all_moved is None and bool((moved[1:] > 1e-3).all()):
             all_moved = iteration + 1
-    return EarlyTraining(network, all_moved, losses)
+    return EarlyTraining(network, all_moved, moved, losses)
 
 
 def main() -> None:
@@ -89,7 +91,7 @@ def main() -> None:
     for architecture in args.architectures:
         for norm in args.norms:
             for seed in args.seeds:
-                _, all_moved, losses = train(architecture, norm, seed, args.iterations)
+                _, all_moved, _, losses = train(architecture, norm, seed, args.iterations)
                 picked = [losses[i] for i in (0, 7, 15) if i < len(losses)] + [losses[-1]]
                 print(
                     f"| {architecture} | {norm} | {seed} | {all_moved if all_moved else '-'} | "
