@@ -49,6 +49,7 @@ import torch
 from protoseg.engine.datasets import build_split_dataset
 from protoseg.engine.loading import config_for, find_checkpoint, load_trained_method
 from protoseg.ops.labels import IGNORE_INDEX, resize_labels
+from protoseg.ops.metrics import confusion_matrix, segmentation_metrics
 
 UNKNOWN_MODE = -1
 BACKGROUND_OFFSETS = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5)
@@ -113,9 +114,8 @@ def usage(run: Path, data: str, checkpoint: Path | None = None, pixels_per_image
     joint = torch.zeros(num_classes, num_prototypes, len(modes), dtype=torch.float64)
     prototypes = head.bank.prototypes.reshape(-1, head.bank.dim)
     generator = torch.Generator().manual_seed(0)
-    confusion = torch.zeros(len(BACKGROUND_OFFSETS), num_classes, num_classes, dtype=torch.float64)
-    offsets = torch.tensor(BACKGROUND_OFFSETS)
-    mean_confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    confusion = torch.zeros(len(BACKGROUND_OFFSETS), num_classes, num_classes, dtype=torch.int64)
+    mean_confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     mean_prototypes = torch.nn.functional.normalize(head.bank.prototypes.mean(dim=1), dim=-1)  # (C, D)
     sample_embeddings, sample_labels, sample_modes = [], [], []
     for index in range(len(dataset)):
@@ -127,18 +127,15 @@ def usage(run: Path, data: str, checkpoint: Path | None = None, pixels_per_image
         similarities = (embeddings @ prototypes.t()).view(-1, num_classes, num_prototypes)
         labels = resize_labels(sample["mask"][None], (height, width)).reshape(-1)
         full_modes = mode_map(sample["mask"], meta["images"][sample["name"]], class_names, modes)
-        pixel_modes = resize_labels(full_modes[None] + 1, (height, width)).reshape(-1) - 1
-        labelled = (labels != IGNORE_INDEX) & (labels < num_classes)
-        scores = logits.permute(0, 2, 3, 1).reshape(-1, num_classes)[labelled]
-        for position, offset in enumerate(offsets):
+        pixel_modes = resize_labels(full_modes[None], (height, width)).reshape(-1)
+        scores = logits.permute(0, 2, 3, 1).reshape(-1, num_classes)
+        for position, offset in enumerate(BACKGROUND_OFFSETS):
             shifted = scores.clone()
             shifted[:, 0] += offset
-            cells = labels[labelled] * num_classes + shifted.argmax(dim=1)
-            confusion[position].view(-1).index_add_(0, cells, torch.ones_like(cells, dtype=torch.float64))
-        mean_scores = head.mask_norm(embeddings @ mean_prototypes.t())[labelled]
-        cells = labels[labelled] * num_classes + mean_scores.argmax(dim=1)
-        mean_confusion.view(-1).index_add_(0, cells, torch.ones_like(cells, dtype=torch.float64))
-        keep = labelled & (pixel_modes != UNKNOWN_MODE)
+            confusion[position] += confusion_matrix(shifted.argmax(dim=1), labels, num_classes)
+        mean_scores = head.mask_norm(embeddings @ mean_prototypes.t())
+        mean_confusion += confusion_matrix(mean_scores.argmax(dim=1), labels, num_classes)
+        keep = (labels != IGNORE_INDEX) & (labels < num_classes) & (pixel_modes != UNKNOWN_MODE)
         labels, pixel_modes, similarities = labels[keep], pixel_modes[keep], similarities[keep]
         predictions = logits.argmax(dim=1).reshape(-1)[keep]
         correct.index_add_(0, pixel_modes, (predictions == labels).double())
@@ -169,7 +166,7 @@ def usage(run: Path, data: str, checkpoint: Path | None = None, pixels_per_image
         )
     foreground = [per_class[label] for label in per_class if label > 0]
     weight_sum = sum(weight for weight, _, _ in foreground)
-    unshifted = confusion[BACKGROUND_OFFSETS.index(0.0)]
+    unshifted = confusion[BACKGROUND_OFFSETS.index(0.0)].double()
     cosines = pair_cosines(torch.cat(sample_embeddings), torch.cat(sample_labels), torch.cat(sample_modes))
     return {
         "run": str(run),
@@ -188,20 +185,16 @@ def usage(run: Path, data: str, checkpoint: Path | None = None, pixels_per_image
         **cosines,
         "foreground_as_background": float(unshifted[1:, 0].sum() / unshifted[1:].sum()),
         "background_as_foreground": float(unshifted[0, 1:].sum() / unshifted[0].sum()),
-        "miou_mean_prototype": mean_iou(mean_confusion),
+        "miou_mean_prototype": _miou(mean_confusion),
         "miou_by_background_offset": {
-            str(offset): mean_iou(matrix)
-            for offset, matrix in zip(BACKGROUND_OFFSETS, confusion, strict=True)
+            str(offset): _miou(matrix) for offset, matrix in zip(BACKGROUND_OFFSETS, confusion, strict=True)
         },
     }
 
 
-def mean_iou(confusion: torch.Tensor) -> float:
-    """Mean IoU over the classes present in the labels of a confusion matrix (rows: label)."""
-    hits = confusion.diagonal()
-    union = confusion.sum(dim=0) + confusion.sum(dim=1) - hits
-    present = confusion.sum(dim=1) > 0
-    return float((hits[present] / union[present]).mean())
+def _miou(confusion: torch.Tensor) -> float:
+    """The trainer's mIoU (``segmentation_metrics``) of a ``(C, C)`` confusion matrix, as a fraction."""
+    return segmentation_metrics(confusion)["mIoU"] / 100
 
 
 def pair_cosines(embeddings: torch.Tensor, labels: torch.Tensor, modes: torch.Tensor) -> dict:

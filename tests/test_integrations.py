@@ -4,9 +4,6 @@ pip install 'protoseg[smp]'. (mmsegmentation cannot be installed with the suppor
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,26 +11,14 @@ from doc_examples import python_blocks
 from protoseg.losses import ProtoSegLoss
 from protoseg.models.heads import LinearHead, ProtoSegHead
 from protoseg.ops.inference import predict_probabilities
+from tiny_runs import load_benchmark
 
 smp = pytest.importorskip(
     "segmentation_models_pytorch", reason="needs segmentation_models_pytorch: pip install 'protoseg[smp]'"
 )
 from protoseg.integrations.smp import protoseg_segmentor  # noqa: E402
 
-
-def _load_early_training():
-    """``benchmarks/protoseg_early_training.py``: the colour-blob images and the training loop of the
-    tests below."""
-    spec = importlib.util.spec_from_file_location(
-        "protoseg_early_training",
-        Path(__file__).resolve().parents[1] / "benchmarks/protoseg_early_training.py",
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-early_training = _load_early_training()
+early_training = load_benchmark("protoseg_early_training")
 
 
 @pytest.mark.parametrize("architecture", ["Unet", "FPN"])

@@ -3,7 +3,6 @@ measures against brute-force float64 references, and a run over a tiny trained P
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 from pathlib import Path
@@ -13,21 +12,12 @@ import torch
 
 from protoseg.cli import main
 from protoseg.data.shapes import generate_shapes
-from tiny_runs import tiny_overrides
+from tiny_runs import load_benchmark, set_args, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_usage():
-    spec = importlib.util.spec_from_file_location(
-        "protoseg_prototype_usage", ROOT / "benchmarks/protoseg_prototype_usage.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-usage = _load_usage()
+usage = load_benchmark("protoseg_prototype_usage")
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +29,8 @@ def shapes_root(tmp_path_factory):
 
 def _train(shapes_root, run_dir: Path, config: str, **extra) -> Path:
     overrides = tiny_overrides(shapes_root, **{"train.iterations": 4, "train.val_interval": 4, **extra})
-    sets = sum([["--set", item] for item in overrides], [])
-    assert (
-        main(
-            [
-                "train",
-                str(ROOT / "configs/shapes" / config),
-                "--run-dir",
-                str(run_dir),
-                "--no-progress",
-                *sets,
-            ]
-        )
-        == 0
-    )
+    config_path = str(ROOT / "configs/shapes" / config)
+    assert main(["train", config_path, "--run-dir", str(run_dir), "--no-progress", *set_args(overrides)]) == 0
     return run_dir
 
 
@@ -153,14 +131,6 @@ def test_missing_checkpoint_is_one_error(proto_run, shapes_root, capsys):
     with pytest.raises(SystemExit):
         usage.main(["--runs", str(proto_run), "--data", str(shapes_root), "--checkpoint", "nope.pt"])
     assert "nope.pt: no such checkpoint" in capsys.readouterr().err
-
-
-def test_mean_iou_counts_only_classes_present_in_the_labels():
-    # rows: label; class 2 is never labelled (predicted once), so it is left out of the mean
-    confusion = torch.tensor([[5.0, 1.0, 0.0], [2.0, 3.0, 1.0], [0.0, 0.0, 0.0]]).double()
-    iou_0 = 5.0 / (5 + 1 + 2)
-    iou_1 = 3.0 / (3 + 2 + 1 + 1)
-    assert usage.mean_iou(confusion) == pytest.approx((iou_0 + iou_1) / 2, abs=1e-12)
 
 
 def test_with_one_prototype_the_mean_prototype_is_the_model_itself(shapes_root, tmp_path):

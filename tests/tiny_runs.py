@@ -1,9 +1,11 @@
 """Helpers for tests that run the command line on tiny data: a shapes dataset of 64 x 64 images, tiny
-training overrides (built-in CNN, 48 x 48 crops, a few iterations), a full disk for the writers."""
+training overrides (built-in CNN, 48 x 48 crops, a few iterations), a full disk for the writers, and the
+scripts of benchmarks/ loaded as modules."""
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -35,6 +37,14 @@ def tiny_overrides(root, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def set_args(overrides: list[str]) -> list[str]:
