@@ -102,6 +102,31 @@ def test_cluster_equals_separate_reference_sinkhorn_per_class():
     assert torch.equal(bank.assign(embeddings, labels), from_embeddings.update)
 
 
+def test_nearest_clustering_assigns_the_nearest_own_class_prototype_without_equipartition():
+    num_classes, num_prototypes, dim = 3, 4, 6
+    bank = PrototypeBank(num_classes, num_prototypes, dim, clustering="nearest")
+    sinkhorn_bank = PrototypeBank(num_classes, num_prototypes, dim)
+    sinkhorn_bank.load_state_dict(bank.state_dict())
+    embeddings, labels, _ = random_pixels(300, num_classes, dim, seed=8)
+    # every pixel of class 0 sits next to its prototype 1: nearest keeps them all there
+    labels[:150] = 0
+    embeddings[:150] = F.normalize(bank.prototypes[0, 1] + 0.05 * embeddings[:150], dim=1)
+    assignment = bank.cluster(embeddings, labels)
+    valid = (labels >= 0) & (labels < num_classes)
+    x, p = embeddings.double(), bank.prototypes.double()
+    for n in range(300):
+        if valid[n]:
+            scores = [float(x[n] @ p[int(labels[n]), k]) for k in range(num_prototypes)]
+            assert int(assignment.target[n]) == max(range(num_prototypes), key=scores.__getitem__)
+        else:
+            assert int(assignment.target[n]) == -1
+    assert (assignment.target[:150] == 1).all()
+    # Sinkhorn's column constraint moves many of the same pixels onto the class's other prototypes
+    spread = torch.bincount(sinkhorn_bank.cluster(embeddings, labels).target[:150], minlength=num_prototypes)
+    assert spread[1] < 120 and (spread > 0).sum() >= 2
+    assert "clustering=nearest" in repr(bank)
+
+
 def test_gumbel_assignment_reproduces_released_gumbel_softmax():
     num_classes, num_prototypes, dim = 3, 10, 8
     bank = PrototypeBank(num_classes, num_prototypes, dim, assignment="gumbel")
@@ -237,6 +262,8 @@ def test_ignored_pixels_change_nothing():
 def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="assignment"):
         PrototypeBank(3, 2, 4, assignment="sample")
+    with pytest.raises(ValueError, match="clustering"):
+        PrototypeBank(3, 2, 4, clustering="kmeans")
     with pytest.raises(ValueError, match="num_prototypes"):
         PrototypeBank(3, 0, 4)
     with pytest.raises(ValueError, match="momentum"):

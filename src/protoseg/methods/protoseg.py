@@ -11,7 +11,7 @@ import torch
 from ..fields import setting
 from ..losses.protoseg import ProtoSegLoss
 from ..models.heads.protoseg import PROJECTION_NORMS, PROJECTIONS, ProtoSegHead, PrototypeUpdate
-from ..prototypes.bank import ASSIGNMENTS, INITIALIZATIONS
+from ..prototypes.bank import ASSIGNMENTS, CLUSTERINGS, INITIALIZATIONS
 from .base import DatasetInfo, SegmentationMethod, build_segmentor, ce_class_weights
 
 
@@ -30,6 +30,8 @@ class ProtoSegConfig:
     momentum: float = setting(0.999, minimum=0.0, maximum=1.0)  # gamma of the prototype update
     assignment: str = setting("argmax", choices=ASSIGNMENTS)  # gumbel: the released random update
     init: str = setting("random", choices=INITIALIZATIONS)  # random (paper) | data (first update = mean)
+    # sinkhorn (paper: equipartitioned within-class clustering) | nearest (ablation: no column constraint)
+    clustering: str = setting("sinkhorn", choices=CLUSTERINGS)
     sinkhorn_epsilon: float = setting(0.05, greater_than=0.0)
     sinkhorn_iters: int = setting(3, minimum=1)
     proto_contrast_weight: float = setting(0.01, minimum=0.0)  # the paper's PPC loss weight
@@ -48,6 +50,7 @@ def protoseg_head_options(section: ProtoSegConfig) -> dict[str, Any]:
         "momentum": section.momentum,
         "assignment": section.assignment,
         "init": section.init,
+        "clustering": section.clustering,
         "sinkhorn_epsilon": section.sinkhorn_epsilon,
         "sinkhorn_iters": section.sinkhorn_iters,
     }

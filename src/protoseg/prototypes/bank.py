@@ -20,6 +20,7 @@ from ..ops.sinkhorn import segmented_sinkhorn
 __all__ = ["PrototypeBank", "PrototypeAssignment", "IGNORED_ASSIGNMENT", "own_segment_products"]
 
 ASSIGNMENTS = ("argmax", "gumbel")
+CLUSTERINGS = ("sinkhorn", "nearest")
 INITIALIZATIONS = ("random", "data")
 IGNORED_ASSIGNMENT = -1
 """Prototype index given to pixels whose label is ignored (outside ``[0, C)``)."""
@@ -84,6 +85,10 @@ class PrototypeBank(nn.Module):
         dim: D, the embedding dimension.
         momentum: gamma of the update ``p <- normalize(gamma p + (1 - gamma) m)``.
         sinkhorn_epsilon, sinkhorn_iters: the within-class Sinkhorn-Knopp clustering.
+        clustering: ``"sinkhorn"`` (the paper: equipartitioned plan, Eq. 8-10) or ``"nearest"``
+            (an ablation: the plan without its column constraint, ``Q = softmax_k(S / eps)`` per
+            pixel, so each pixel goes to its nearest own-class prototype, however many pixels
+            that prototype already has).
         assignment: ``"argmax"`` (protoseg default: update with ``argmax_k Q``) or ``"gumbel"``
             (the released code: update with ``gumbel_softmax(Q, tau=0.5, hard=True)``,
             Q treated as logits).
@@ -110,6 +115,7 @@ class PrototypeBank(nn.Module):
         assignment: str = "argmax",
         generator: torch.Generator | None = None,
         init: str = "random",
+        clustering: str = "sinkhorn",
     ) -> None:
         super().__init__()
         for name, value in (("num_classes", num_classes), ("num_prototypes", num_prototypes), ("dim", dim)):
@@ -119,6 +125,8 @@ class PrototypeBank(nn.Module):
             raise ValueError(f"PrototypeBank momentum must be in [0, 1], got {momentum}")
         if assignment not in ASSIGNMENTS:
             raise ValueError(f"PrototypeBank assignment must be one of {ASSIGNMENTS}, got '{assignment}'")
+        if clustering not in CLUSTERINGS:
+            raise ValueError(f"PrototypeBank clustering must be one of {CLUSTERINGS}, got '{clustering}'")
         if init not in INITIALIZATIONS:
             raise ValueError(f"PrototypeBank init must be one of {INITIALIZATIONS}, got '{init}'")
         if not sinkhorn_epsilon > 0:
@@ -132,6 +140,7 @@ class PrototypeBank(nn.Module):
         self.sinkhorn_epsilon = sinkhorn_epsilon
         self.sinkhorn_iters = sinkhorn_iters
         self.assignment = assignment
+        self.clustering = clustering
         self.generator = generator
         self.init = init
         initial = torch.empty(num_classes, num_prototypes, dim)
@@ -143,7 +152,8 @@ class PrototypeBank(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, num_prototypes={self.num_prototypes}, dim={self.dim}, "
-            f"momentum={self.momentum}, assignment={self.assignment}, init={self.init}"
+            f"momentum={self.momentum}, assignment={self.assignment}, clustering={self.clustering}, "
+            f"init={self.init}"
         )
 
     def similarities(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -174,7 +184,8 @@ class PrototypeBank(nn.Module):
 
         For the pixels X_c of each class c and their similarities S_c ``(N_c, K)`` to the class's
         own prototypes, computes ``Q_c = diag(u) exp(S_c / eps) diag(v)`` (rows sum to 1, columns
-        ~ N_c / K; see :func:`protoseg.ops.segmented_sinkhorn`) and assigns ``argmax_k Q_c``.
+        ~ N_c / K; see :func:`protoseg.ops.segmented_sinkhorn`) and assigns ``argmax_k Q_c``. With
+        ``clustering="nearest"``, ``Q_c = softmax_k(S_c / eps)`` (rows only), i.e. the nearest prototype.
 
         Args:
             embeddings: ``(N, D)`` L2-normalised pixel embeddings.
@@ -199,9 +210,12 @@ class PrototypeBank(nn.Module):
                 classes = torch.where(valid, labels, torch.zeros_like(labels))
                 index = classes.view(-1, 1, 1).expand(-1, 1, self.num_prototypes)
                 own = similarities.gather(1, index).squeeze(1)
-            q = segmented_sinkhorn(
-                own, labels, self.num_classes, self.sinkhorn_epsilon, self.sinkhorn_iters, mask=valid
-            )
+            if self.clustering == "sinkhorn":
+                q = segmented_sinkhorn(
+                    own, labels, self.num_classes, self.sinkhorn_epsilon, self.sinkhorn_iters, mask=valid
+                )
+            else:
+                q = torch.softmax(own / self.sinkhorn_epsilon, dim=1)
         ignored = torch.full_like(labels, IGNORED_ASSIGNMENT)
         target = torch.where(valid, q.argmax(dim=1), ignored)
         if self.assignment == "argmax":

@@ -133,7 +133,7 @@ class ProtoSegHead(nn.Module):
         projection_norm: normalisation of the projected features before ``feat_norm`` (see
             :class:`ProjectionNorm`; ``"released"`` is the release's width-axis L2).
         cls_head: the released head's 3x3 conv + BN + ReLU + Dropout2d(0.1) before the projection.
-        momentum, assignment, sinkhorn_epsilon, sinkhorn_iters, generator, init: see
+        momentum, assignment, sinkhorn_epsilon, sinkhorn_iters, generator, init, clustering: see
             :class:`~protoseg.prototypes.PrototypeBank`.
         ignore_index: label value of ignored pixels in ``target`` (any label outside
             ``[0, C)`` is ignored too).
@@ -155,6 +155,7 @@ class ProtoSegHead(nn.Module):
         projection: str = "mlp",
         projection_norm: str = "batch",
         cls_head: bool = False,
+        clustering: str = "sinkhorn",
     ) -> None:
         super().__init__()
         if projection not in PROJECTIONS:
@@ -198,6 +199,7 @@ class ProtoSegHead(nn.Module):
             assignment=assignment,
             generator=generator,
             init=init,
+            clustering=clustering,
         )
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
