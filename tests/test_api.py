@@ -17,6 +17,7 @@ from doc_examples import python_blocks
 from protoseg.cli import main
 from protoseg.data.shapes import generate_shapes
 from protoseg.ops.inference import InferenceSettings
+from tiny_runs import set_args
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 11  # the shapes benchmark: 10 shapes + background
@@ -68,7 +69,7 @@ def proto_run(shapes_root, tmp_path_factory):
             "eval.flip": "true",
         },
     )
-    sets = sum([["--set", item] for item in overrides], [])
+    sets = set_args(overrides)
     config = str(ROOT / "configs/shapes/protoseg.yaml")
     assert main(["train", config, "--run-dir", str(run_dir), "--no-progress", *sets]) == 0
     return run_dir

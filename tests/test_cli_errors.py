@@ -22,7 +22,7 @@ from protoseg.data.voc import VOCDataset
 from protoseg.engine.trainer import Trainer
 from protoseg.wsss.cam_inference import save_cam
 from protoseg.wsss.seeds import sweep_edge_warning
-from tiny_runs import CONFIG, FullDisk, run_cli, tiny_overrides, train_args
+from tiny_runs import CONFIG, FullDisk, run_cli, set_args, tiny_overrides, train_args
 
 COMMANDS = (
     "make-data",
@@ -239,7 +239,7 @@ def test_a_folder_dataset_without_splits_warns_in_one_line(tmp_path, capsys):
         "--run-dir",
         tmp_path / "run",
         "--no-progress",
-        *sum([["--set", item] for item in overrides], []),
+        *set_args(overrides),
     )
     assert code == 0
     assert one_line(err) == (

@@ -20,6 +20,7 @@ from protoseg.cli import main
 from protoseg.data.shapes import generate_shapes
 from protoseg.export import ExportError, compare_onnx, export_model, inference_graph
 from protoseg.export.check import compare_exported
+from tiny_runs import set_args
 
 onnx = pytest.importorskip("onnx", reason="needs onnx: pip install 'protoseg[onnx]'")
 pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install 'protoseg[onnx]'")
@@ -154,7 +155,7 @@ def test_cli_export_writes_checks_and_embeds_the_run_metadata(tmp_path, capsys):
     ]
     config = str(ROOT / "configs/shapes/protoseg.yaml")
     arguments = ["train", config, "--run-dir", str(run_dir), "--no-progress"]
-    assert main([*arguments, *sum([["--set", item] for item in sets], [])]) == 0
+    assert main([*arguments, *set_args(sets)]) == 0
     capsys.readouterr()
     assert main(["export", str(run_dir), "--check"]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -16,6 +16,7 @@ from protoseg.cli import main
 from protoseg.config import load_config
 from protoseg.data.shapes import generate_shapes
 from protoseg.engine.trainer import Trainer
+from tiny_runs import set_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def test_train_eval_predict_cli(shapes_root, tmp_path, capsys):
                 "--run-dir",
                 str(run_dir),
                 "--no-progress",
-                *sum([["--set", item] for item in tiny_overrides(shapes_root)], []),
+                *set_args(tiny_overrides(shapes_root)),
             ]
         )
         == 0
@@ -80,7 +81,7 @@ def test_train_eval_predict_cli(shapes_root, tmp_path, capsys):
                 str(ROOT / "configs/shapes/linear.yaml"),
                 "--run-dir",
                 str(run_dir),
-                *sum([["--set", item] for item in tiny_overrides(shapes_root)], []),
+                *set_args(tiny_overrides(shapes_root)),
             ]
         )
         == 2
@@ -220,7 +221,7 @@ def test_ddp_two_gloo_processes(shapes_root, tmp_path):
 def test_wsss_pipeline_cli(shapes_root, tmp_path, capsys):
     """Stage 1 from tags -> CAMs -> seed sweep -> pseudo labels -> stage 2 on the pseudo masks."""
     stage1 = tmp_path / "cam_run"
-    sets = sum([["--set", item] for item in tiny_overrides(shapes_root, **{"train.val_interval": 6})], [])
+    sets = set_args(tiny_overrides(shapes_root, **{"train.val_interval": 6}))
     assert (
         main(
             [
