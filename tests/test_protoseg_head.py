@@ -116,6 +116,37 @@ def test_training_step_clusters_updates_and_builds_targets_like_the_bank():
     torch.testing.assert_close(outputs["proto_logits"].detach(), embeddings @ before.t())
 
 
+def test_update_pixels_all_moves_prototypes_from_mispredicted_pixels_too():
+    """``update_pixels="all"``: the update of the bank with every labelled pixel; ``"correct"`` (the
+    paper) leaves a class whose pixels are all mispredicted where it was."""
+    features, target = make_batch(5, height=4, width=4)
+    labels = target.reshape(-1)
+    heads = {mode: make_head(momentum=0.5, update_pixels=mode) for mode in ("correct", "all")}
+    with torch.no_grad():
+        embeddings = heads["all"].embed(features)
+        predicted = heads["all"].eval()(features)["logits"].permute(0, 2, 3, 1).reshape(-1, NUM_CLASSES)
+    predicted = predicted.argmax(dim=1)
+    valid = labels != 255
+    present = [c for c in range(NUM_CLASSES) if (labels == c).any()]
+    missed = [c for c in present if not (predicted[labels == c] == c).any()]
+    assert missed, "the batch must have a class the untrained head never predicts correctly"
+    before = heads["all"].bank.prototypes.clone()
+    bank = PrototypeBank(NUM_CLASSES, NUM_PROTOTYPES, DIM, momentum=0.5)
+    bank.load_state_dict(heads["all"].bank.state_dict())
+    bank.update(embeddings, labels, bank.cluster(embeddings, labels).update, valid)
+    for mode, head in heads.items():
+        outputs = head.train()(features, target)
+        expected_mask = valid if mode == "all" else (predicted == labels)
+        assert torch.equal(outputs["prototype_update"].correct, expected_mask)
+        head.update_prototypes(outputs["prototype_update"])
+    torch.testing.assert_close(heads["all"].bank.prototypes, bank.prototypes)
+    for c in missed:
+        assert torch.equal(heads["correct"].bank.prototypes[c], before[c])
+        assert not torch.equal(heads["all"].bank.prototypes[c], before[c])
+    with pytest.raises(ValueError, match="update_pixels must be one of"):
+        make_head(update_pixels="wrong")
+
+
 def test_gradients_reach_features_but_not_prototypes():
     head = make_head()
     features, target = make_batch(4)

@@ -10,7 +10,13 @@ import torch
 
 from ..fields import setting
 from ..losses.protoseg import ProtoSegLoss
-from ..models.heads.protoseg import PROJECTION_NORMS, PROJECTIONS, ProtoSegHead, PrototypeUpdate
+from ..models.heads.protoseg import (
+    PROJECTION_NORMS,
+    PROJECTIONS,
+    UPDATE_PIXELS,
+    ProtoSegHead,
+    PrototypeUpdate,
+)
 from ..prototypes.bank import ASSIGNMENTS, CLUSTERINGS, INITIALIZATIONS
 from .base import DatasetInfo, SegmentationMethod, build_segmentor, ce_class_weights
 
@@ -32,6 +38,8 @@ class ProtoSegConfig:
     init: str = setting("random", choices=INITIALIZATIONS)  # random (paper) | data (first update = mean)
     # sinkhorn (paper: equipartitioned within-class clustering) | nearest (ablation: no column constraint)
     clustering: str = setting("sinkhorn", choices=CLUSTERINGS)
+    # correct (paper: only correctly predicted pixels move prototypes) | all (ablation: every labelled pixel)
+    update_pixels: str = setting("correct", choices=UPDATE_PIXELS)
     sinkhorn_epsilon: float = setting(0.05, greater_than=0.0)
     sinkhorn_iters: int = setting(3, minimum=1)
     proto_contrast_weight: float = setting(0.01, minimum=0.0)  # the paper's PPC loss weight
@@ -51,6 +59,7 @@ def protoseg_head_options(section: ProtoSegConfig) -> dict[str, Any]:
         "assignment": section.assignment,
         "init": section.init,
         "clustering": section.clustering,
+        "update_pixels": section.update_pixels,
         "sinkhorn_epsilon": section.sinkhorn_epsilon,
         "sinkhorn_iters": section.sinkhorn_iters,
     }

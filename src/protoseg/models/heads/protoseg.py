@@ -15,6 +15,7 @@ __all__ = [
     "PROJECTIONS",
     "PROJECTION_NORMS",
     "PROTO_IGNORE_INDEX",
+    "UPDATE_PIXELS",
     "ProjectionNorm",
     "PrototypeUpdate",
     "ProtoSegHead",
@@ -22,6 +23,7 @@ __all__ = [
 
 PROJECTIONS = ("mlp", "none")
 PROJECTION_NORMS = ("none", "released", "batch", "instance", "spatial_rms", "batch_rms")
+UPDATE_PIXELS = ("correct", "all")
 
 
 class ProjectionNorm(nn.Module):
@@ -135,6 +137,9 @@ class ProtoSegHead(nn.Module):
         cls_head: the released head's 3x3 conv + BN + ReLU + Dropout2d(0.1) before the projection.
         momentum, assignment, sinkhorn_epsilon, sinkhorn_iters, generator, init, clustering: see
             :class:`~protoseg.prototypes.PrototypeBank`.
+        update_pixels: which labelled pixels move their assigned prototype: ``"correct"`` (the paper
+            and release: only the pixels the head predicts correctly) or ``"all"`` (an ablation: every
+            labelled pixel, predicted correctly or not).
         ignore_index: label value of ignored pixels in ``target`` (any label outside
             ``[0, C)`` is ignored too).
     """
@@ -156,10 +161,15 @@ class ProtoSegHead(nn.Module):
         projection_norm: str = "batch",
         cls_head: bool = False,
         clustering: str = "sinkhorn",
+        update_pixels: str = "correct",
     ) -> None:
         super().__init__()
         if projection not in PROJECTIONS:
             raise ValueError(f"ProtoSegHead projection must be one of {PROJECTIONS}, got '{projection}'")
+        if update_pixels not in UPDATE_PIXELS:
+            raise ValueError(
+                f"ProtoSegHead update_pixels must be one of {UPDATE_PIXELS}, got '{update_pixels}'"
+            )
         if projection == "none" and proj_dim not in (None, in_channels):
             raise ValueError(
                 f"ProtoSegHead projection 'none' embeds the {in_channels}-channel decoder features: "
@@ -169,6 +179,7 @@ class ProtoSegHead(nn.Module):
         self.num_classes = num_classes
         self.num_prototypes = num_prototypes
         self.ignore_index = ignore_index
+        self.update_pixels = update_pixels
         # the released head's cls_head: 3x3 conv + BN + ReLU + Dropout2d(0.1) before the projection
         self.cls_head: nn.Module = (
             nn.Sequential(
@@ -248,13 +259,14 @@ class ProtoSegHead(nn.Module):
     ) -> tuple[torch.Tensor, PrototypeUpdate]:
         """Within-class clustering (training steps 1-3): the prototype targets ``(N,)`` and the pending
         momentum update (step 4, applied by :meth:`update_prototypes`)."""
-        correct = class_scores.argmax(dim=1) == labels
+        valid = self.bank.valid_labels(labels)
+        # the pixels that may move their prototype (the bank also drops unlabelled ones)
+        correct = class_scores.argmax(dim=1) == labels if self.update_pixels == "correct" else valid
         assignment = self.bank.cluster(
             embeddings,
             labels,
             similarities=similarities.view(-1, self.num_classes, self.num_prototypes),
         )
-        valid = self.bank.valid_labels(labels)
         targets = labels * self.num_prototypes + assignment.target
         targets = torch.where(valid, targets, torch.full_like(targets, PROTO_IGNORE_INDEX))
         return targets, PrototypeUpdate(embeddings.detach(), labels, assignment.update, correct)
