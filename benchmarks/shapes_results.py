@@ -62,6 +62,12 @@ SUPERVISED = {
             "model.protoseg.assignment=gumbel",
         ],
     ),
+    # every labelled pixel moves its prototype, not only the correctly predicted ones (the release)
+    "protoseg_k10_update_all": ("protoseg", ["model.protoseg.update_pixels=all"]),
+    "protoseg_k1_update_all": (
+        "protoseg",
+        ["model.protoseg.num_prototypes=1", "model.protoseg.update_pixels=all"],
+    ),
     # the paper's head without a normalisation of the projection, random prototypes
     "protoseg_k10_no_norm_random_init": (
         "protoseg",
