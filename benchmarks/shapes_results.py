@@ -62,7 +62,7 @@ SUPERVISED = {
             "model.protoseg.assignment=gumbel",
         ],
     ),
-    # every labelled pixel moves its prototype, not only the correctly predicted ones (the release)
+    # every labelled pixel moves its prototype, not only the correctly predicted ones as released
     "protoseg_k10_update_all": ("protoseg", ["model.protoseg.update_pixels=all"]),
     "protoseg_k1_update_all": (
         "protoseg",

@@ -118,7 +118,7 @@ def test_training_step_clusters_updates_and_builds_targets_like_the_bank():
 
 def test_update_pixels_all_moves_prototypes_from_mispredicted_pixels_too():
     """``update_pixels="all"``: the update of the bank with every labelled pixel; ``"correct"`` (the
-    paper) leaves a class whose pixels are all mispredicted where it was."""
+    release) leaves a class whose pixels are all mispredicted where it was."""
     features, target = make_batch(5, height=4, width=4)
     labels = target.reshape(-1)
     heads = {mode: make_head(momentum=0.5, update_pixels=mode) for mode in ("correct", "all")}

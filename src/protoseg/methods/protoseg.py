@@ -38,7 +38,7 @@ class ProtoSegConfig:
     init: str = setting("random", choices=INITIALIZATIONS)  # random (paper) | data (first update = mean)
     # sinkhorn (paper: equipartitioned within-class clustering) | nearest (ablation: no column constraint)
     clustering: str = setting("sinkhorn", choices=CLUSTERINGS)
-    # correct (paper: only correctly predicted pixels move prototypes) | all (ablation: every labelled pixel)
+    # correct (release: only correctly predicted pixels move prototypes) | all (ablation: every labelled one)
     update_pixels: str = setting("correct", choices=UPDATE_PIXELS)
     sinkhorn_epsilon: float = setting(0.05, greater_than=0.0)
     sinkhorn_iters: int = setting(3, minimum=1)

@@ -137,9 +137,9 @@ class ProtoSegHead(nn.Module):
         cls_head: the released head's 3x3 conv + BN + ReLU + Dropout2d(0.1) before the projection.
         momentum, assignment, sinkhorn_epsilon, sinkhorn_iters, generator, init, clustering: see
             :class:`~protoseg.prototypes.PrototypeBank`.
-        update_pixels: which labelled pixels move their assigned prototype: ``"correct"`` (the paper
-            and release: only the pixels the head predicts correctly) or ``"all"`` (an ablation: every
-            labelled pixel, predicted correctly or not).
+        update_pixels: which labelled pixels move their assigned prototype: ``"correct"`` (the
+            release's ``prototype_learning``: only the pixels the head predicts correctly) or
+            ``"all"`` (an ablation: every labelled pixel, predicted correctly or not).
         ignore_index: label value of ignored pixels in ``target`` (any label outside
             ``[0, C)`` is ignored too).
     """
