@@ -71,6 +71,10 @@ SUPERVISED = {
     # the prototypes' momentum on the long schedule (protoseg.yaml: 0.99; the release: 0.999)
     "protoseg_k10_momentum_0.9": ("protoseg", ["model.protoseg.momentum=0.9"]),
     "protoseg_k10_momentum_0.999": ("protoseg", ["model.protoseg.momentum=0.999"]),
+    "protoseg_k1_momentum_0.999": (
+        "protoseg",
+        ["model.protoseg.num_prototypes=1", "model.protoseg.momentum=0.999"],
+    ),
     # the paper's head without a normalisation of the projection, random prototypes
     "protoseg_k10_no_norm_random_init": (
         "protoseg",
