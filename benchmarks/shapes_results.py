@@ -68,7 +68,7 @@ SUPERVISED = {
         "protoseg",
         ["model.protoseg.num_prototypes=1", "model.protoseg.update_pixels=all"],
     ),
-    # the prototypes' momentum on the long schedule (protoseg.yaml: 0.99; the release: 0.999)
+    # the prototypes' momentum (protoseg.yaml: 0.99; the release and library default: 0.999)
     "protoseg_k10_momentum_0.9": ("protoseg", ["model.protoseg.momentum=0.9"]),
     "protoseg_k10_momentum_0.999": ("protoseg", ["model.protoseg.momentum=0.999"]),
     "protoseg_k1_momentum_0.999": (
